@@ -90,7 +90,7 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write JSON Lines (gzip if the name ends in ``.gz``) atomically; return the number of rows."""
     count = 0
     with atomic_path(path) as tmp:
-        raw: IO[bytes] = gzip.open(tmp, "wb", mtime=0) if Path(path).suffix == ".gz" else open(tmp, "wb")
+        raw: IO[bytes] = gzip.GzipFile(tmp, "wb", mtime=0) if Path(path).suffix == ".gz" else open(tmp, "wb")
         with raw, io.TextIOWrapper(raw, encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -63,11 +63,15 @@ class MetricSums:
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
 
+    def names(self) -> list[str]:
+        """Metric names in report order."""
+        return [f"{m}@{k}" for m in ("recall", "ndcg") for k in self.ks] + ["mrr"]
+
     def summary(self) -> dict[str, float]:
-        """Mean of every metric plus ``users``."""
+        """Mean of every metric plus ``users`` (zeros for a segment without users)."""
         out: dict[str, float] = {"users": self.count}
-        for name in sorted(self.sums):
-            out[name] = self.sums[name] / self.count if self.count else 0.0
+        for name in self.names():
+            out[name] = self.sums.get(name, 0.0) / self.count if self.count else 0.0
         return out
 
 

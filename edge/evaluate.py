@@ -1,0 +1,237 @@
+"""Offline evaluation: queries (from a file, the last item, or a generator) -> ranking -> metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from gloss.edge.catalog import Catalog
+from gloss.edge.embed import Embedder
+from gloss.edge.errors import InputError
+from gloss.edge.files import read_jsonl, write_jsonl_atomic
+from gloss.edge.generate import QueryGenerator
+from gloss.edge.logs import progress_enabled
+from gloss.edge.metrics import POWER_MIN_DEFAULT, rank_of, summarize
+from gloss.edge.prompt import render_item
+from gloss.edge.recommend import RetrievalConfig, SearchIndex, query_text, rank_items, search_depth
+from gloss.edge.splits import DEFAULT_SEED, Example, Split, load_sequences, make_examples, validation_users
+
+if TYPE_CHECKING:
+    from gloss.edge.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+CHUNK_USERS = 1024
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One user: history and target as catalogue ids, and the query texts to search with."""
+
+    user: str
+    history: tuple[str, ...]
+    target: str
+    queries: tuple[str, ...]
+
+
+@dataclass
+class EvalReport:
+    """Metrics overall and per segment, with what produced them."""
+
+    metrics: dict[str, dict[str, float]]
+    config: dict[str, Any]
+    seconds: float
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def check_example(user: str, history: Sequence[str], target: str, catalog: Catalog) -> None:
+    """Raise InputError if the history is empty or an id is not in the catalogue."""
+    if not history:
+        raise InputError(f"user {user}: empty history")
+    for asin in (*history, target):
+        if asin not in catalog:
+            raise InputError(f"user {user}: unknown item {asin!r}: not in the catalogue")
+
+
+def cases_from_queries_file(path: Path, catalog: Catalog) -> list[EvalCase]:
+    """Read a queries file: rows ``{user, history: [asin], target: asin, queries: [title, ...]}``.
+
+    Raises:
+        InputError: On a malformed row, an unknown item or an empty history.
+    """
+    cases = []
+    for number, row in enumerate(read_jsonl(path), start=1):
+        try:
+            user, history, target, queries = row["user"], row["history"], row["target"], row["queries"]
+        except KeyError as exc:
+            raise InputError(f"{path}: row {number} lacks field {exc.args[0]!r}") from None
+        if not isinstance(queries, list) or not queries or not all(isinstance(q, str) for q in queries):
+            raise InputError(f"{path}: row {number}: 'queries' must be a non-empty list of titles")
+        check_example(user, history, target, catalog)
+        cases.append(EvalCase(user, tuple(history), target, tuple(query_text(q) for q in queries)))
+    if not cases:
+        raise InputError(f"{path}: no rows")
+    return cases
+
+
+def cases_last_item(examples: Iterable[Example], catalog: Catalog) -> list[EvalCase]:
+    """The zero-training baseline: the last history item's own text is the only query."""
+    cases = []
+    for ex in examples:
+        check_example(ex.user, ex.history, ex.target, catalog)
+        cases.append(EvalCase(ex.user, ex.history, ex.target, (render_item(catalog.title(ex.history[-1])),)))
+    return cases
+
+
+def cases_from_generator(
+    examples: Sequence[Example], catalog: Catalog, generator: QueryGenerator, show_progress: bool | None = None
+) -> Iterator[EvalCase]:
+    """Generate each user's queries with a generator (e.g. the bundle's LLM), lazily."""
+    for ex in tqdm(examples, desc="generate", unit="user", disable=not progress_enabled(show_progress, logger)):
+        check_example(ex.user, ex.history, ex.target, catalog)
+        generated = generator.generate(catalog.titles_of(ex.history))
+        yield EvalCase(ex.user, ex.history, ex.target, tuple(query_text(g.title) for g in generated))
+
+
+def _chunks(cases: Iterable[EvalCase], size: int) -> Iterator[list[EvalCase]]:
+    chunk: list[EvalCase] = []
+    for case in cases:
+        chunk.append(case)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def rank_cases(
+    cases: Iterable[EvalCase],
+    catalog: Catalog,
+    embedder: Embedder,
+    index: SearchIndex,
+    config: RetrievalConfig,
+    show_progress: bool | None = None,
+) -> Iterator[tuple[EvalCase, list[int]]]:
+    """Yield each case with its ranked catalogue positions; queries are embedded and searched in chunks."""
+    show = progress_enabled(show_progress, logger)
+    bar = tqdm(desc="rank", unit="user", disable=not show)
+    for chunk in _chunks(cases, CHUNK_USERS):
+        texts = sorted({q for case in chunk for q in case.queries})
+        row_of = {text: i for i, text in enumerate(texts)}
+        vectors = embedder.embed(texts, show_progress=False)
+        max_seen = max(len(set(case.history)) for case in chunk)
+        depth = min(len(index), search_depth(config, max_seen))
+        positions, sims = index.search(vectors, depth)
+        for case in chunk:
+            rows = [row_of[q] for q in case.queries]
+            seen = [catalog.position(a) for a in case.history]
+            ranked = rank_items(positions[rows], sims[rows], seen, config)
+            yield case, [item.position for item in ranked]
+        bar.update(len(chunk))
+    bar.close()
+
+
+def evaluate(
+    cases: Iterable[EvalCase],
+    catalog: Catalog,
+    embedder: Embedder,
+    index: SearchIndex,
+    config: RetrievalConfig,
+    source: str,
+    power_min: int = POWER_MIN_DEFAULT,
+    details_path: Path | None = None,
+    show_progress: bool | None = None,
+) -> EvalReport:
+    """Score cases with Recall@k, NDCG@k, MRR overall and per user segment.
+
+    Args:
+        cases: Users with their queries.
+        catalog: Catalogue the index was built from.
+        embedder: Embeds query texts.
+        index: Catalogue index.
+        config: Retrieval rule.
+        source: Name of the query source, kept in the report.
+        power_min: Users with more interactions than this are "power" users.
+        details_path: If set, write one JSONL row per user (ranked ids, rank of the target).
+        show_progress: Progress bar; None follows the log level.
+
+    Returns:
+        The report; segments count interactions as ``len(history) + 1``.
+    """
+    start = time.perf_counter()
+    ranks: list[int | None] = []
+    lengths: list[int] = []
+    details: list[dict[str, Any]] = []
+    for case, ranked in rank_cases(cases, catalog, embedder, index, config, show_progress):
+        ids = [catalog.asins[p] for p in ranked]
+        rank = rank_of(ids, case.target)
+        ranks.append(rank)
+        lengths.append(len(case.history) + 1)
+        if details_path is not None:
+            details.append({"user": case.user, "target": case.target, "rank": rank, "ranked": ids})
+    if not ranks:
+        raise InputError("no users to evaluate")
+    seconds = time.perf_counter() - start
+    if details_path is not None:
+        write_jsonl_atomic(details_path, details)
+    metrics = summarize(ranks, lengths, power_min=power_min)
+    logger.info("evaluated %d users in %.1f s", len(ranks), seconds)
+    return EvalReport(metrics, {**asdict(config), "power_min": power_min}, seconds, source)
+
+
+def format_report(report: EvalReport) -> str:
+    """A readable table: one row per segment, one column per metric."""
+    rows = report.metrics
+    columns = [c for c in rows["all"] if c != "users"]
+    header = f"{'segment':<9}{'users':>8}" + "".join(f"{c:>11}" for c in columns)
+    lines = [f"source: {report.source}   rule: {report.config}", header]
+    for name in ("all", "cold", "regular", "power"):
+        values = rows[name]
+        lines.append(f"{name:<9}{int(values['users']):>8}" + "".join(f"{values[c]:>11.4f}" for c in columns))
+    lines.append(f"time: {report.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def load_cases(
+    bundle: Bundle,
+    source: str,
+    queries_path: Path | None,
+    sequences_path: Path | None,
+    split: Split,
+    max_users: int | None = None,
+    seed: int = DEFAULT_SEED,
+) -> Iterable[EvalCase]:
+    """Cases for ``gloss-edge eval``: from a queries file, the last item, or the bundle's generator.
+
+    Raises:
+        InputError: If the source's input is not given, or the bundle has no generator for ``bundle``.
+    """
+    if source == "queries":
+        if queries_path is None:
+            raise InputError("--source queries needs --queries FILE")
+        return cases_from_queries_file(queries_path, bundle.catalog)[:max_users]
+    if sequences_path is None:
+        raise InputError(f"--source {source} needs --sequences FILE (user, items) and --split")
+    sequences = load_sequences(sequences_path)
+    held_out = validation_users([s.user for s in sequences], seed=seed) if split is not Split.test else frozenset()
+    examples = list(make_examples(sequences, split, held_out))[:max_users]
+    if source == "last-item":
+        return cases_last_item(examples, bundle.catalog)
+    if source == "bundle":
+        if bundle.paths.generator is None:
+            raise InputError(f"{bundle.dir}: bundle has no generator; add one with gloss-export bundle --gguf")
+        from gloss.edge.generate import LlamaCppGenerator
+
+        return cases_from_generator(examples, bundle.catalog, LlamaCppGenerator.load(bundle.paths.generator))
+    raise InputError(f"unknown --source {source!r}: expected queries, last-item or bundle")

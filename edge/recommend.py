@@ -1,0 +1,187 @@
+"""From generated titles to ranked catalogue items (the paper's retrieval rule), and the Recommender."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from gloss.edge.catalog import Catalog
+from gloss.edge.embed import Embedder
+from gloss.edge.errors import InputError
+from gloss.edge.generate import GenerationConfig, QueryGenerator
+from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
+
+logger = logging.getLogger(__name__)
+
+
+class SearchIndex(Protocol):
+    """What retrieval needs from an index (gloss.edge.index.ItemIndex implements it)."""
+
+    def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How query titles become a ranked list.
+
+    Attributes:
+        k: Length of the returned list.
+        per_query: Nearest items taken per query (the paper: 1 per generated title).
+        exclude_seen: Drop items already in the user's history (the paper keeps them).
+    """
+
+    k: int = 10
+    per_query: int = 1
+    exclude_seen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(f"--k must be >= 1, got {self.k}")
+        if self.per_query < 1:
+            raise InputError(f"--per-query must be >= 1, got {self.per_query}")
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """A recommended catalogue item: its position in the catalogue and its best similarity to a query."""
+
+    position: int
+    score: float
+
+
+def query_text(generated: str) -> str:
+    """Normalise a generated title to the text embedded for search (``Title: <title>``, like the items)."""
+    return ITEM_PREFIX + parse_generated(generated)
+
+
+def search_depth(config: RetrievalConfig, num_seen: int) -> int:
+    """Neighbours to fetch per query so that ``per_query`` unseen items remain after filtering."""
+    return config.per_query + (num_seen if config.exclude_seen else 0)
+
+
+def rank_items(
+    positions: np.ndarray, similarities: np.ndarray, seen: Sequence[int], config: RetrievalConfig
+) -> list[ScoredItem]:
+    """Merge per-query neighbour lists into one ranking.
+
+    Each query contributes its ``per_query`` nearest items (after dropping seen items when asked);
+    an item's score is its highest similarity over the queries; items are ranked by that score
+    (ties keep query order), as the paper ranks by similarity rather than beam order.
+
+    Args:
+        positions: (num_queries, depth) catalogue positions, nearest first; -1 pads.
+        similarities: Matching cosine similarities.
+        seen: Catalogue positions of the user's history.
+        config: Retrieval settings.
+
+    Returns:
+        Up to ``config.k`` items, best first.
+    """
+    seen_set = set(seen) if config.exclude_seen else set()
+    best: dict[int, float] = {}
+    for row_pos, row_sim in zip(positions, similarities, strict=True):
+        taken = 0
+        for pos, sim in zip(row_pos.tolist(), row_sim.tolist(), strict=True):
+            if taken == config.per_query:
+                break
+            if pos < 0 or pos in seen_set:
+                continue
+            taken += 1
+            if sim > best.get(pos, -np.inf):
+                best[pos] = sim
+    ranked = sorted(best.items(), key=lambda item: -item[1])  # stable: ties keep first-seen order
+    return [ScoredItem(pos, float(sim)) for pos, sim in ranked[: config.k]]
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    """One recommendation: catalogue id, title and similarity to the best-matching query."""
+
+    asin: str
+    title: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Ranked items and the query titles that produced them."""
+
+    items: list[RecommendedItem]
+    queries: list[str]
+
+
+class Recommender:
+    """History in, ranked catalogue items out: generator -> embedder -> index (the GLoSS pipeline).
+
+    Without a generator, the last history item's title is the query (the paper's zero-training baseline).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        embedder: Embedder,
+        index: SearchIndex,
+        generator: QueryGenerator | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.embedder = embedder
+        self.index = index
+        self.generator = generator
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: Path,
+        use_generator: bool = True,
+        generation: GenerationConfig | None = None,
+        verify: bool = True,
+    ) -> Recommender:
+        """Open a bundle (checked against its manifest) and its generator if it has one.
+
+        Raises:
+            InputError: If the bundle is invalid, or ``use_generator`` is set and the bundle has none.
+        """
+        from gloss.edge.bundle import load_bundle
+        from gloss.edge.generate import LlamaCppGenerator
+
+        bundle = load_bundle(bundle_dir, verify=verify)
+        generator = None
+        if use_generator:
+            if bundle.paths.generator is None:
+                raise InputError(
+                    f"{bundle_dir}: bundle has no generator; add one with gloss-export bundle --gguf, "
+                    "or use --last-item"
+                )
+            generator = LlamaCppGenerator.load(bundle.paths.generator, generation or GenerationConfig())
+        return cls(bundle.catalog, bundle.open_embedder(), bundle.open_index(), generator)
+
+    def queries_for(self, history: Sequence[str]) -> tuple[list[str], int]:
+        """Query texts for a history of catalogue ids, and how many neighbours each query contributes."""
+        titles = self.catalog.titles_of(history)
+        if self.generator is None:
+            return [render_item(titles[-1])], 0
+        return [query_text(g.title) for g in self.generator.generate(titles)], 1
+
+    def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False) -> Recommendation:
+        """Recommend ``k`` items for a history given as catalogue ids or titles, oldest first.
+
+        Raises:
+            InputError: On an empty history or an item not in the catalogue.
+        """
+        asins = self.catalog.resolve_history(history)
+        queries, per_query = self.queries_for(asins)
+        config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude_seen)
+        seen = [self.catalog.position(a) for a in asins]
+        depth = min(len(self.index), search_depth(config, len(set(seen))))
+        positions, sims = self.index.search(self.embedder.embed(queries, show_progress=False), depth)
+        ranked = rank_items(positions, sims, seen, config)
+        items = [RecommendedItem(self.catalog.asins[i.position], self.catalog.titles[i.position], i.score)
+                 for i in ranked]
+        return Recommendation(items, queries)

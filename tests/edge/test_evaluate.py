@@ -1,0 +1,137 @@
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gloss.edge.catalog import load_catalog
+from gloss.edge.errors import InputError
+from gloss.edge.evaluate import (
+    EvalCase,
+    cases_from_generator,
+    cases_from_queries_file,
+    cases_last_item,
+    evaluate,
+    format_report,
+)
+from gloss.edge.prompt import render_item
+from gloss.edge.recommend import RetrievalConfig
+from gloss.edge.splits import Split, load_sequences, make_examples
+from tests.conftest import FIXTURES
+from tests.fakes import BruteForceIndex, HashEmbedder, ScriptedGenerator
+
+
+@pytest.fixture(scope="module")
+def world():
+    catalog = load_catalog(FIXTURES / "beauty_items.jsonl")
+    embedder = HashEmbedder()
+    index = BruteForceIndex(embedder.embed([render_item(t) for t in catalog.titles]))
+    sequences = load_sequences(FIXTURES / "beauty_sequences.jsonl")
+    examples = list(make_examples(sequences, Split.test, frozenset()))
+    return catalog, embedder, index, examples
+
+
+def write_queries(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_queries_equal_to_the_target_title_hit_at_rank_one(world, tmp_path):
+    catalog, embedder, index, examples = world
+    rows = [{"user": e.user, "history": list(e.history), "target": e.target,
+             "queries": [f"Title: {catalog.title(e.target)}", "Title: something else"]} for e in examples]
+    cases = cases_from_queries_file(write_queries(tmp_path / "q.jsonl", rows), catalog)
+    report = evaluate(cases, catalog, embedder, index, RetrievalConfig(), source="file")
+    assert report.metrics["all"]["users"] == len(examples)
+    assert report.metrics["all"]["recall@5"] == 1.0
+    assert report.metrics["all"]["mrr"] == 1.0
+
+
+def test_metrics_match_a_direct_reference(world, tmp_path):
+    catalog, embedder, index, examples = world
+    rng = random.Random(0)
+    rows = [{"user": e.user, "history": list(e.history), "target": e.target,
+             "queries": [f"Title: {t}" for t in rng.sample(catalog.titles, 3)]
+             + [f"Title: {catalog.title(e.target).split()[0]} {catalog.title(e.history[-1])}"]}
+            for e in examples]
+    config = RetrievalConfig(k=10, exclude_seen=True)
+    details = tmp_path / "details.jsonl"
+    cases = cases_from_queries_file(write_queries(tmp_path / "q.jsonl", rows), catalog)
+    report = evaluate(cases, catalog, embedder, index, config, source="file", details_path=details)
+    # Reference: full similarity matrix, nearest unseen item per query, rank by best similarity.
+    items = index.vectors
+    recall = ndcg = 0.0
+    for row in rows:
+        seen = {catalog.position(a) for a in row["history"]}
+        best = {}
+        for q in embedder.embed(row["queries"]):
+            sims = items @ q
+            pos = next(int(p) for p in np.argsort(-sims, kind="stable") if p not in seen)
+            best[pos] = max(best.get(pos, -1.0), float(sims[pos]))
+        ranked = [catalog.asins[p] for p in sorted(best, key=lambda p: -best[p])]
+        if row["target"] in ranked[:5]:
+            recall += 1
+            ndcg += 1 / math.log2(ranked.index(row["target"]) + 2)
+    assert report.metrics["all"]["recall@5"] == pytest.approx(recall / len(rows))
+    assert report.metrics["all"]["ndcg@5"] == pytest.approx(ndcg / len(rows))
+    lines = [json.loads(line) for line in details.read_text().splitlines()]
+    assert len(lines) == len(rows) and all(len(line["ranked"]) <= 4 for line in lines)
+
+
+def test_last_item_baseline_ranks_the_last_item_first_unless_seen_items_are_dropped(world):
+    catalog, embedder, index, examples = world
+    cases = cases_last_item(examples, catalog)
+    assert cases[0].queries == (render_item(catalog.title(examples[0].history[-1])),)
+    from gloss.edge.evaluate import rank_cases
+
+    kept = dict((c.user, r) for c, r in rank_cases(cases, catalog, embedder, index, RetrievalConfig(per_query=10)))
+    dropped = dict(
+        (c.user, r)
+        for c, r in rank_cases(cases, catalog, embedder, index, RetrievalConfig(per_query=10, exclude_seen=True))
+    )
+    for ex in examples:
+        assert catalog.asins[kept[ex.user][0]] == ex.history[-1]
+        assert not {catalog.asins[p] for p in dropped[ex.user]} & set(ex.history)
+
+
+def test_generator_source_passes_history_titles(world):
+    catalog, embedder, index, examples = world
+    gen = ScriptedGenerator(*[[catalog.title(e.target)] for e in examples[:3]])
+    cases = list(cases_from_generator(examples[:3], catalog, gen))
+    assert gen.histories[0] == catalog.titles_of(examples[0].history)
+    report = evaluate(cases, catalog, embedder, index, RetrievalConfig(), source="fake")
+    assert report.metrics["all"]["recall@5"] == 1.0
+    assert "recall@5" in format_report(report)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"user": "u", "history": ["B000NOPE"], "target": "X", "queries": ["a"]}, "unknown item 'B000NOPE'"),
+        ({"user": "u", "history": [], "target": "X", "queries": ["a"]}, "empty history"),
+        ({"user": "u", "history": ["X"], "target": "X"}, "lacks field 'queries'"),
+        ({"user": "u", "history": ["X"], "target": "X", "queries": []}, "non-empty list"),
+    ],
+)
+def test_bad_queries_file_rows_are_named(world, tmp_path, row, message):
+    catalog = world[0]
+    real = catalog.asins[0]
+    row = json.loads(json.dumps(row).replace('"X"', json.dumps(real)))
+    with pytest.raises(InputError, match=message):
+        cases_from_queries_file(write_queries(tmp_path / "q.jsonl", [row]), catalog)
+
+
+def test_evaluate_rejects_no_users(world):
+    catalog, embedder, index, _ = world
+    with pytest.raises(InputError, match="no users"):
+        evaluate(iter([]), catalog, embedder, index, RetrievalConfig(), source="none")
+
+
+def test_cases_are_embedded_once_per_distinct_query(world):
+    catalog, _, index, examples = world
+    embedder = HashEmbedder()
+    cases = [EvalCase(e.user, e.history, e.target, ("Title: same", "Title: same")) for e in examples]
+    evaluate(cases, catalog, embedder, index, RetrievalConfig(), source="dup")
+    assert embedder.calls == [1]
