@@ -19,7 +19,15 @@ from gloss.edge.generate import QueryGenerator
 from gloss.edge.logs import progress_enabled
 from gloss.edge.metrics import POWER_MIN_DEFAULT, rank_of, summarize
 from gloss.edge.prompt import render_item
-from gloss.edge.recommend import RetrievalConfig, SearchIndex, query_text, rank_items, search_depth
+from gloss.edge.recommend import (
+    RetrievalConfig,
+    SearchIndex,
+    embed_queries,
+    item_texts,
+    query_text,
+    rank_items,
+    search_depth,
+)
 from gloss.edge.splits import DEFAULT_SEED, Example, Split, load_sequences, make_examples, validation_users
 
 if TYPE_CHECKING:
@@ -126,10 +134,11 @@ def rank_cases(
     """Yield each case with its ranked catalogue positions; queries are embedded and searched in chunks."""
     show = progress_enabled(show_progress, logger)
     bar = tqdm(desc="rank", unit="user", disable=not show)
+    known = item_texts(catalog)
     for chunk in _chunks(cases, CHUNK_USERS):
         texts = sorted({q for case in chunk for q in case.queries})
         row_of = {text: i for i, text in enumerate(texts)}
-        vectors = embedder.embed(texts, show_progress=False)
+        vectors = embed_queries(texts, embedder, index, known)
         max_seen = max(len(set(case.history)) for case in chunk)
         depth = min(len(index), search_depth(config, max_seen))
         positions, sims = index.search(vectors, depth)

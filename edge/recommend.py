@@ -24,6 +24,8 @@ class SearchIndex(Protocol):
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def vectors(self) -> np.ndarray: ...
+
     def __len__(self) -> int: ...
 
 
@@ -59,6 +61,40 @@ class ScoredItem:
 def query_text(generated: str) -> str:
     """Normalise a generated title to the text embedded for search (``Title: <title>``, like the items)."""
     return ITEM_PREFIX + parse_generated(generated)
+
+
+def embed_queries(
+    texts: Sequence[str], embedder: Embedder, index: SearchIndex, known: dict[str, int] | None = None
+) -> np.ndarray:
+    """Embed query texts, reusing the index's vector for a text that is exactly a catalogue item's text.
+
+    Exact title matches are common (fine-tuned models often write a catalogue title verbatim; the
+    last-item baseline always does) and the index already holds their vectors from the same embedder.
+
+    Args:
+        texts: Query texts (``Title: ...``).
+        embedder: Embeds the texts not in ``known``.
+        index: Catalogue index.
+        known: Item text -> catalogue position.
+    """
+    known = known or {}
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    hits = [(i, known[t]) for i, t in enumerate(texts) if t in known]
+    if hits:
+        rows, positions = zip(*hits, strict=True)
+        out[list(rows)] = index.vectors()[list(positions)]
+    missing = [i for i, t in enumerate(texts) if t not in known]
+    if missing:
+        out[missing] = embedder.embed([texts[i] for i in missing], show_progress=False)
+    return out
+
+
+def item_texts(catalog: Catalog) -> dict[str, int]:
+    """Catalogue item text (as embedded in the index) -> position."""
+    texts: dict[str, int] = {}
+    for position, title in enumerate(catalog.titles):
+        texts.setdefault(render_item(title), position)
+    return texts
 
 
 def search_depth(config: RetrievalConfig, num_seen: int) -> int:
@@ -134,6 +170,7 @@ class Recommender:
         self.embedder = embedder
         self.index = index
         self.generator = generator
+        self._known = item_texts(catalog)
 
     @classmethod
     def load(
@@ -180,7 +217,7 @@ class Recommender:
         config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude_seen)
         seen = [self.catalog.position(a) for a in asins]
         depth = min(len(self.index), search_depth(config, len(set(seen))))
-        positions, sims = self.index.search(self.embedder.embed(queries, show_progress=False), depth)
+        positions, sims = self.index.search(embed_queries(queries, self.embedder, self.index, self._known), depth)
         ranked = rank_items(positions, sims, seen, config)
         items = [RecommendedItem(self.catalog.asins[i.position], self.catalog.titles[i.position], i.score)
                  for i in ranked]

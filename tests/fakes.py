@@ -34,13 +34,16 @@ class BruteForceIndex:
     """Exact inner-product search with numpy: the reference every real index is checked against."""
 
     def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.matrix = np.asarray(vectors, dtype=np.float32)
+
+    def vectors(self) -> np.ndarray:
+        return self.matrix
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.matrix)
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        sims = queries @ self.vectors.T
+        sims = queries @ self.matrix.T
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return order.astype(np.int64), np.take_along_axis(sims, order, axis=1).astype(np.float32)
 

@@ -61,7 +61,7 @@ def test_metrics_match_a_direct_reference(world, tmp_path):
     cases = cases_from_queries_file(write_queries(tmp_path / "q.jsonl", rows), catalog)
     report = evaluate(cases, catalog, embedder, index, config, source="file", details_path=details)
     # Reference: full similarity matrix, nearest unseen item per query, rank by best similarity.
-    items = index.vectors
+    items = index.vectors()
     recall = ndcg = 0.0
     for row in rows:
         seen = {catalog.position(a) for a in row["history"]}
@@ -135,3 +135,12 @@ def test_cases_are_embedded_once_per_distinct_query(world):
     cases = [EvalCase(e.user, e.history, e.target, ("Title: same", "Title: same")) for e in examples]
     evaluate(cases, catalog, embedder, index, RetrievalConfig(), source="dup")
     assert embedder.calls == [1]
+
+
+def test_catalogue_titles_reuse_index_vectors_instead_of_embedding(world):
+    catalog, _, index, examples = world
+    embedder = HashEmbedder()
+    cases = cases_last_item(examples, catalog)
+    report = evaluate(cases, catalog, embedder, index, RetrievalConfig(per_query=10), source="last")
+    assert embedder.calls == []
+    assert report.metrics["all"]["users"] == len(examples)

@@ -1,0 +1,187 @@
+"""Build an edge bundle (catalogue + ONNX embedder + item index + optional GGUF generator) in one folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gloss.edge.bundle import (
+    CATALOG_FILE,
+    EMBEDDER_DIR,
+    GENERATOR_FILE,
+    INDEX_FILE,
+    ITEM_TEXT,
+    MANIFEST_NAME,
+    atomic_dir,
+    load_bundle,
+    write_manifest,
+)
+from gloss.edge.catalog import Catalog, load_catalog, save_catalog
+from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
+from gloss.edge.errors import InputError
+from gloss.edge.index import METRIC, ItemIndex
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(gguf_path: Path) -> Path:
+    """Return ``gguf_path`` if it is a GGUF file (checks the magic bytes).
+
+    Raises:
+        InputError: If the file is missing or does not start with ``GGUF``.
+    """
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise InputError(f"--gguf {gguf_path}: no such file; write one with gloss-export gguf")
+    with open(gguf_path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise InputError(
+            f"--gguf {gguf_path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})"
+        )
+    return gguf_path
+
+
+def _generator_section(gguf_path: Path, generator_meta: dict[str, Any] | None) -> dict[str, Any]:
+    meta = dict(generator_meta or {})
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"generator metadata is not JSON-serialisable: {exc}") from exc
+    return {**meta, "file": GENERATOR_FILE, "source": meta.get("source", gguf_path.name)}
+
+
+def _copy_generator(bundle_dir: Path, gguf_path: Path) -> None:
+    target = bundle_dir / GENERATOR_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(gguf_path, target)
+
+
+def _copy_embedder(embedder_dir: Path, target: Path) -> OnnxEmbedder:
+    target.mkdir(parents=True)
+    for name in EMBEDDER_FILES:
+        shutil.copyfile(embedder_dir / name, target / name)
+    return OnnxEmbedder.load(target)
+
+
+def embed_catalog(catalog: Catalog, embedder: OnnxEmbedder, show_progress: bool | None = None) -> Any:
+    """Embed every catalogue item as ``ITEM_TEXT`` (``Title: <title>``, the form queries take)."""
+    texts = [ITEM_TEXT.format(title=title) for title in catalog.titles]
+    return embedder.embed(texts, show_progress=show_progress)
+
+
+def build_bundle(
+    catalog_path: Path,
+    out_dir: Path,
+    embedder_dir: Path | None = None,
+    gguf_path: Path | None = None,
+    generator_meta: dict[str, Any] | None = None,
+    name: str | None = None,
+    show_progress: bool | None = None,
+) -> Path:
+    """Build a bundle folder: catalogue, embedder, index of all titles, optional GGUF, then the manifest.
+
+    Everything is written to a temp folder beside ``out_dir`` and swapped into place at the end, so an
+    existing bundle is replaced only by a complete one.
+
+    Args:
+        catalog_path: ``{"asin", "title"}`` JSONL(.gz).
+        out_dir: Bundle folder to create or replace.
+        embedder_dir: Folder from ``gloss-export embedder``; None exports the default all-MiniLM-L6-v2.
+        gguf_path: Optional generator GGUF to include.
+        generator_meta: Extra facts about the generator for the manifest (base model, quantization, ...).
+        name: Catalogue name (default: the catalogue file's name without extensions).
+        show_progress: Progress bars; None means on when logging is at INFO.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        InputError: For a bad catalogue, embedder folder, GGUF file or output folder.
+    """
+    catalog_path, out_dir = Path(catalog_path), Path(out_dir)
+    if embedder_dir is not None:
+        OnnxEmbedder.load(Path(embedder_dir))
+    if gguf_path is not None:
+        check_gguf(gguf_path)
+    catalog = load_catalog(catalog_path)
+    name = name or catalog_path.name.split(".")[0]
+    with atomic_dir(out_dir, marker=MANIFEST_NAME) as tmp:
+        save_catalog(catalog, tmp / CATALOG_FILE)
+        if embedder_dir is None:
+            from gloss.export.embedder import export_embedder  # lazy: imports torch and optimum
+
+            export_embedder(tmp / EMBEDDER_DIR)
+            embedder = OnnxEmbedder.load(tmp / EMBEDDER_DIR)
+        else:
+            embedder = _copy_embedder(Path(embedder_dir), tmp / EMBEDDER_DIR)
+        vectors = embed_catalog(catalog, embedder, show_progress)
+        index = ItemIndex.build(vectors, show_progress=show_progress)
+        index.save(tmp / INDEX_FILE)
+        sections: dict[str, Any] = {
+            "catalog": {"file": CATALOG_FILE, "num_items": len(catalog), "name": name},
+            "embedder": {"dir": EMBEDDER_DIR, **_embedder_section(embedder)},
+            "index": {
+                "file": INDEX_FILE,
+                "dim": index.dim,
+                "metric": METRIC,
+                "num_items": len(index),
+                "item_text": ITEM_TEXT,
+            },  # fmt: skip
+        }
+        if gguf_path is not None:
+            _copy_generator(tmp, Path(gguf_path))
+            sections["generator"] = _generator_section(Path(gguf_path), generator_meta)
+        write_manifest(tmp, sections)
+    logger.info("bundle %s: %d items, generator: %s", out_dir, len(catalog), gguf_path is not None)
+    return out_dir
+
+
+def _embedder_section(embedder: OnnxEmbedder) -> dict[str, Any]:
+    config = embedder.config
+    return {
+        "dim": config.dim, "max_length": config.max_length, "pooling": config.pooling,
+        "normalize": config.normalize, "source": config.source, "int8": config.int8,
+    }  # fmt: skip
+
+
+def add_generator(bundle_dir: Path, gguf_path: Path, generator_meta: dict[str, Any] | None = None) -> Path:
+    """Add (or replace) the bundle's generator GGUF; the bundle is rewritten atomically.
+
+    The bundle is checked first, copied to a temp folder beside it (without any old generator), the GGUF
+    added, the manifest rewritten, and the folders swapped.
+
+    Args:
+        bundle_dir: An existing bundle.
+        gguf_path: The generator GGUF.
+        generator_meta: Extra facts about the generator for the manifest.
+
+    Returns:
+        ``bundle_dir``.
+
+    Raises:
+        InputError: If the bundle fails to load or the GGUF is invalid.
+    """
+    bundle_dir = Path(bundle_dir)
+    bundle = load_bundle(bundle_dir, verify=True)
+    gguf_path = check_gguf(gguf_path)
+    old_generator = Path(GENERATOR_FILE).parts[0]
+    with atomic_dir(bundle_dir, marker=MANIFEST_NAME) as tmp:
+        for entry in bundle_dir.iterdir():
+            if entry.name in (MANIFEST_NAME, old_generator):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+        _copy_generator(tmp, gguf_path)
+        sections = {key: bundle.manifest[key] for key in ("catalog", "embedder", "index")}
+        sections["generator"] = _generator_section(gguf_path, generator_meta)
+        write_manifest(tmp, sections)
+    logger.info("bundle %s: generator %s added", bundle_dir, gguf_path)
+    return bundle_dir

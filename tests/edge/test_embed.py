@@ -1,0 +1,185 @@
+"""OnnxEmbedder against a numpy reference, on a tiny ONNX encoder built in-test (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gloss.edge.embed import CONFIG_NAME, MODEL_NAME, TOKENIZER_NAME, Embedder, OnnxEmbedder
+from gloss.edge.errors import InputError
+
+TINY_DIM = 16
+TINY_MAX_LENGTH = 12
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+TEXTS = [
+    "Title: Neutrogena T-Gel Shampoo",
+    "Title: DHS Clear Shampoo 8 Fl Oz",
+    "shampoo",
+    "Title: Alpha Hydrox Foaming Face Wash -- 6 fl oz for dry and oily skin",
+    "",
+    "Title: an unknown zzyzx word",
+]
+
+
+def tiny_vocab(texts: Sequence[str]) -> dict[str, int]:
+    """Special tokens, then every lower-cased whitespace word of ``texts``."""
+    words = sorted({word.lower() for text in texts for word in text.split()})
+    return {token: i for i, token in enumerate(SPECIALS + words)}
+
+
+def write_tiny_embedder(
+    out_dir: Path, texts: Sequence[str] = TEXTS, dim: int = TINY_DIM, seed: int = 0
+) -> Path:
+    """Write an embedder folder: a WordLevel tokenizer and an ONNX graph ``tanh(E[input_ids])``.
+
+    Returns:
+        ``out_dir`` (model.onnx, tokenizer.json, gloss_embedder.json).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = tiny_vocab(texts)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    table = np.random.default_rng(seed).standard_normal((len(vocab), dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["gathered"], axis=0),
+            helper.make_node("Tanh", ["gathered"], ["last_hidden_state"]),
+        ],
+        "tiny-encoder",
+        inputs=[
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        outputs=[
+            helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", dim])
+        ],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_dir / MODEL_NAME))
+    tokenizer.save(str(out_dir / TOKENIZER_NAME))
+    config = {"dim": dim, "max_length": TINY_MAX_LENGTH, "pooling": "mean", "normalize": True,
+              "source": "tiny-test-encoder", "int8": False, "pad_id": vocab["[PAD]"]}  # fmt: skip
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
+    return out_dir
+
+
+def reference_embed(model_dir: Path, texts: Sequence[str]) -> np.ndarray:
+    """numpy reference, one text at a time: table lookup, tanh, mean over tokens, L2 norm."""
+    import onnx
+    from onnx import numpy_helper
+    from tokenizers import Tokenizer
+
+    table = numpy_helper.to_array(onnx.load(str(model_dir / MODEL_NAME)).graph.initializer[0])
+    tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_NAME))
+    tokenizer.enable_truncation(TINY_MAX_LENGTH)
+    rows = []
+    for text in texts:
+        vec = np.tanh(table[tokenizer.encode(text).ids]).mean(axis=0)
+        rows.append(vec / np.linalg.norm(vec))
+    return np.array(rows, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"))
+
+
+def test_embed_matches_numpy_reference_in_input_order(tiny_embedder_dir: Path) -> None:
+    embedder = OnnxEmbedder.load(tiny_embedder_dir, num_threads=1)
+    got = embedder.embed(TEXTS, batch_size=2)  # several padded batches, sorted by length internally
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), TINY_DIM)
+    np.testing.assert_allclose(got, reference_embed(tiny_embedder_dir, TEXTS), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_is_independent_of_batch_size(tiny_embedder_dir: Path) -> None:
+    embedder = OnnxEmbedder.load(tiny_embedder_dir)
+    np.testing.assert_allclose(
+        embedder.embed(TEXTS, batch_size=1), embedder.embed(TEXTS, batch_size=64), atol=1e-6
+    )
+
+
+def test_embed_truncates_to_max_length(tiny_embedder_dir: Path) -> None:
+    embedder = OnnxEmbedder.load(tiny_embedder_dir)
+    words = TEXTS[3].split()
+    long_text = " ".join(words * 3)
+    cut = " ".join((words * 3)[: TINY_MAX_LENGTH - 2])  # [CLS] + 10 words + [SEP]
+    np.testing.assert_allclose(embedder.embed([long_text]), embedder.embed([cut]), atol=1e-6)
+
+
+def test_embed_empty_list_and_protocol(tiny_embedder_dir: Path) -> None:
+    embedder = OnnxEmbedder.load(tiny_embedder_dir)
+    assert isinstance(embedder, Embedder)
+    assert embedder.dim == TINY_DIM
+    assert embedder.embed([]).shape == (0, TINY_DIM)
+
+
+@pytest.mark.parametrize(
+    ("texts", "batch_size", "message"),
+    [
+        ("a string", 8, "single string"),
+        (["ok", 3], 8, "text 1: expected a string"),
+        (["ok"], 0, "batch_size"),
+    ],
+)
+def test_embed_rejects_bad_input(
+    tiny_embedder_dir: Path, texts: object, batch_size: int, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        OnnxEmbedder.load(tiny_embedder_dir).embed(texts, batch_size=batch_size)  # type: ignore[arg-type]
+
+
+def _break(folder: Path, case: str) -> str:
+    if case == "no-folder":
+        return str(folder / "missing")
+    if case == "no-model":
+        (folder / MODEL_NAME).unlink()
+        return MODEL_NAME
+    if case == "corrupt-model":
+        (folder / MODEL_NAME).write_bytes(b"not an onnx file")
+        return "cannot load the ONNX model"
+    if case == "corrupt-config":
+        (folder / CONFIG_NAME).write_text("{", encoding="utf-8")
+        return "not a readable JSON"
+    if case == "config-missing-key":
+        (folder / CONFIG_NAME).write_text(json.dumps({"dim": TINY_DIM}), encoding="utf-8")
+        return "missing keys"
+    if case == "wrong-dim":
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        (folder / CONFIG_NAME).write_text(json.dumps({**config, "dim": TINY_DIM + 1}), encoding="utf-8")
+        return "output width"
+    (folder / TOKENIZER_NAME).write_text("{}", encoding="utf-8")
+    return "not a valid tokenizer"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-folder",
+        "no-model",
+        "corrupt-model",
+        "corrupt-config",
+        "config-missing-key",
+        "wrong-dim",
+        "tokenizer",
+    ],
+)
+def test_load_rejects_broken_folder(tmp_path: Path, case: str) -> None:
+    folder = write_tiny_embedder(tmp_path / "embedder")
+    message = _break(folder, case)
+    with pytest.raises(InputError, match=message):
+        OnnxEmbedder.load(folder / "missing" if case == "no-folder" else folder)

@@ -1,0 +1,179 @@
+"""build_bundle / add_generator / `gloss-export bundle` on real Beauty titles with a tiny ONNX embedder."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gloss.edge.bundle import GENERATOR_FILE, MANIFEST_NAME, load_bundle
+from gloss.edge.catalog import Catalog, load_catalog, save_catalog
+from gloss.edge.embed import OnnxEmbedder
+from gloss.edge.errors import InputError
+from gloss.edge.prompt import render_item
+from gloss.export import bundle as bundle_module
+from gloss.export.bundle import add_generator, build_bundle
+from gloss.export.cli import app
+from tests.conftest import FIXTURES
+from tests.edge.test_embed import write_tiny_embedder
+
+CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
+
+
+@pytest.fixture(scope="module")
+def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    texts = [render_item(t) for t in load_catalog(CATALOG_PATH).titles]
+    return write_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny", texts=texts)
+
+
+@pytest.fixture
+def fake_gguf(tmp_path: Path) -> Path:
+    path = tmp_path / "generator.gguf"
+    path.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    return path
+
+
+def siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+def test_build_bundle_indexes_every_title(embedder_dir: Path, tmp_path: Path) -> None:
+    out = build_bundle(CATALOG_PATH, tmp_path / "beauty", embedder_dir=embedder_dir, show_progress=False)
+    assert siblings(out) == ["beauty"]  # the temp folder was renamed into place
+    bundle = load_bundle(out)
+    catalog = load_catalog(CATALOG_PATH)
+    assert bundle.catalog == catalog and bundle.name == "beauty_items"
+    manifest = bundle.manifest
+    assert manifest["embedder"]["source"] == "tiny-test-encoder" and manifest["index"]["metric"] == "ip"
+    assert {"numpy", "onnxruntime", "usearch", "tokenizers"} <= set(manifest["packages"])
+    # Index row i is the embedding of catalogue title i, rendered like a query.
+    want = OnnxEmbedder.load(embedder_dir).embed([render_item(t) for t in catalog.titles])
+    np.testing.assert_allclose(bundle.open_index().vectors(), want, atol=1e-6)
+
+
+def test_rebuild_replaces_bundle_and_keeps_old_one_on_failure(
+    embedder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, show_progress=False)
+    full = load_catalog(CATALOG_PATH)
+    small_path = tmp_path / "small.jsonl.gz"
+    save_catalog(Catalog(full.asins[:20], full.titles[:20]), small_path)
+    build_bundle(small_path, out, embedder_dir=embedder_dir, name="small", show_progress=False)
+    assert len(load_bundle(out).catalog) == 20 and load_bundle(out).name == "small"
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise InputError("simulated failure while indexing")
+
+    monkeypatch.setattr(bundle_module.ItemIndex, "build", fail)
+    with pytest.raises(InputError, match="simulated"):
+        build_bundle(CATALOG_PATH, out, embedder_dir=embedder_dir, show_progress=False)
+    assert len(load_bundle(out).catalog) == 20  # untouched
+    assert siblings(out) == ["b", "small.jsonl.gz"]  # no temp folder left
+
+
+def test_build_refuses_to_replace_a_foreign_folder(embedder_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not written by gloss"):
+        build_bundle(CATALOG_PATH, tmp_path, embedder_dir=embedder_dir, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_bundle_with_generator_and_add_generator(embedder_dir: Path, tmp_path: Path, fake_gguf: Path) -> None:
+    meta = {"base_model": "SmolLM2-135M-Instruct", "quantization": "Q8_0"}
+    out = build_bundle(
+        CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, gguf_path=fake_gguf, generator_meta=meta
+    )
+    bundle = load_bundle(out)
+    assert bundle.paths.generator == out / GENERATOR_FILE
+    assert bundle.paths.generator.read_bytes() == fake_gguf.read_bytes()
+    assert bundle.generator_meta == {**meta, "file": GENERATOR_FILE, "source": fake_gguf.name}
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\x01" * 100)
+    add_generator(out, other, {"base_model": "other"})
+    updated = load_bundle(out)
+    assert updated.paths.generator is not None and updated.paths.generator.read_bytes() == other.read_bytes()
+    assert updated.generator_meta == {"base_model": "other", "file": GENERATOR_FILE, "source": "other.gguf"}
+    assert updated.catalog == bundle.catalog
+    assert updated.manifest["files"][GENERATOR_FILE]["size"] == other.stat().st_size
+    assert siblings(out) == sorted(["b", "generator.gguf", "other.gguf"])
+
+
+def test_add_generator_to_bundle_without_one(embedder_dir: Path, tmp_path: Path, fake_gguf: Path) -> None:
+    out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, show_progress=False)
+    assert load_bundle(out).paths.generator is None
+    add_generator(out, fake_gguf)
+    assert load_bundle(out).paths.generator == out / GENERATOR_FILE
+
+
+def test_add_generator_rejects_non_gguf_and_keeps_bundle(embedder_dir: Path, tmp_path: Path) -> None:
+    out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, show_progress=False)
+    before = (out / MANIFEST_NAME).read_bytes()
+    not_gguf = tmp_path / "model.bin"
+    not_gguf.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(InputError, match="not a GGUF file"):
+        add_generator(out, not_gguf)
+    assert (out / MANIFEST_NAME).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing-catalog", "missing.jsonl: no such file"),
+        ("bad-catalog", "needs string fields 'asin' and 'title'"),
+        ("embedder-not-dir", "not a directory; export an embedder"),
+        ("embedder-incomplete", "missing model.onnx"),
+        ("gguf-missing", "--gguf .*: no such file"),
+        ("gguf-not-gguf", "not a GGUF file"),
+    ],
+)
+def test_cli_bundle_rejects_bad_input(embedder_dir: Path, tmp_path: Path, case: str, message: str) -> None:
+    catalog, embedder, extra = str(CATALOG_PATH), str(embedder_dir), []
+    if case == "missing-catalog":
+        catalog = str(tmp_path / "missing.jsonl")
+    elif case == "bad-catalog":
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"asin": "A1"}) + "\n")
+        catalog = str(tmp_path / "bad.jsonl")
+    elif case == "embedder-not-dir":
+        embedder = str(tmp_path / "nope")
+    elif case == "embedder-incomplete":
+        embedder = str(shutil.copytree(embedder_dir, tmp_path / "partial"))
+        (tmp_path / "partial" / "model.onnx").unlink()
+    elif case == "gguf-missing":
+        extra = ["--gguf", str(tmp_path / "missing.gguf")]
+    else:
+        (tmp_path / "x.gguf").write_bytes(b"nope")
+        extra = ["--gguf", str(tmp_path / "x.gguf")]
+    args = ["bundle", "--catalog", catalog, "--out-dir", str(tmp_path / "out"), "--embedder-dir", embedder]
+    result = CliRunner().invoke(app, [*args, *extra])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0])
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bundle_builds(embedder_dir: Path, tmp_path: Path) -> None:
+    args = ["bundle", "--catalog", str(CATALOG_PATH), "--out-dir", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--embedder-dir", str(embedder_dir), "--name", "beauty"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "out")
+    assert load_bundle(tmp_path / "out").name == "beauty"
+
+
+@pytest.mark.slow
+def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
+    full = load_catalog(CATALOG_PATH)
+    small_path = tmp_path / "small.jsonl"
+    save_catalog(Catalog(full.asins[:60], full.titles[:60]), small_path)
+    bundle = load_bundle(build_bundle(small_path, tmp_path / "b", show_progress=False))
+    assert "all-MiniLM-L6-v2" in bundle.manifest["embedder"]["source"]
+    assert bundle.manifest["embedder"]["dim"] == bundle.open_index().dim
+    queries = bundle.open_embedder().embed([render_item(t) for t in bundle.catalog.titles[:10]])
+    positions, _ = bundle.open_index().search(queries, k=1)
+    assert [bundle.catalog.titles[p] for p in positions[:, 0]] == list(bundle.catalog.titles[:10])
