@@ -18,3 +18,95 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 # --- commands (one per section; keep each a thin shell over a library function) ---
+
+
+# --- gloss-train prepare | fit | generate (training stage) ---
+
+from pathlib import Path  # noqa: E402
+
+from gloss.edge.errors import user_errors  # noqa: E402
+from gloss.edge.splits import Split  # noqa: E402
+
+
+@app.command()
+def prepare(
+    out_dir: Annotated[Path, typer.Argument(file_okay=False, help="Output folder.")],
+    items_path: Annotated[Path | None, typer.Option("--items", help="JSONL(.gz) {asin, title}.")] = None,
+    sequences_path: Annotated[
+        Path | None, typer.Option("--sequences", help="Histories JSONL(.gz): {user, items} in time order.")
+    ] = None,
+    reviews_path: Annotated[Path | None, typer.Option("--reviews", help="reviews_<Cat>_5.json.gz")] = None,
+    meta_path: Annotated[Path | None, typer.Option("--meta", help="Raw meta_<Cat>.json(.gz).")] = None,
+    category: Annotated[
+        str | None, typer.Option(help="2014 category (Beauty, Toys_and_Games, ... or beauty/toys/sports).")
+    ] = None,
+    download: Annotated[bool, typer.Option(help="Fetch the category's raw files into OUT_DIR/raw.")] = False,
+    validation_fraction: Annotated[float, typer.Option(help="Validation user share.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the validation user draw.")] = 42,
+    max_title_words: Annotated[int, typer.Option(help="Cut titles to this many words.")] = 25,
+    drop_unknown: Annotated[
+        bool, typer.Option(help="Drop history items missing from --items instead of failing.")
+    ] = False,
+) -> None:
+    """Build the catalogue, sequences and the paper's train/validation/test splits."""
+    from gloss.train.data import prepare_data
+
+    with user_errors():
+        done = prepare_data(out_dir, items_path, sequences_path, reviews_path, meta_path, category, download,
+                            validation_fraction, seed, max_title_words, drop_unknown)
+    typer.echo(str(done))
+
+
+@app.command()
+def fit(
+    config_path: Annotated[Path | None, typer.Option("--config", help="YAML of TrainConfig fields.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Output of `gloss-train prepare`.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="HF folder, .gguf file or hub id.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    per_device_batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
+    load_in_4bit: Annotated[bool | None, typer.Option("--load-in-4bit/--no-load-in-4bit")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT_DIR.")] = False,
+) -> None:
+    """QLoRA fine-tune a LLaMA-architecture model (flag > --config YAML > paper default)."""
+    from gloss.train.config import load_config
+    from gloss.train.data import read_manifest
+
+    overrides = {
+        "data_dir": data_dir, "out_dir": out_dir, "base_model": base_model, "lora_r": lora_r,
+        "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
+        "per_device_batch_size": per_device_batch_size, "grad_accum": grad_accum,
+        "load_in_4bit": load_in_4bit,
+        "resume": True if resume else None,
+    }
+    with user_errors():
+        config = load_config(config_path, overrides)
+        read_manifest(config.data_dir)  # fail fast, before importing torch and loading the model
+        from gloss.train.loop import train
+
+        done = train(config)
+    typer.echo(str(done))
+
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A `gloss-train fit` run folder, or a HF/.gguf model.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Queries JSONL.")],
+    data_dir: Annotated[Path | None, typer.Option(help="Default: the run's.")] = None,
+    split: Annotated[Split, typer.Option(help="Which split's users.")] = Split.validation,
+    num_beams: Annotated[int, typer.Option(min=1, help="Beams = queries per user.")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generated tokens per query.")] = 50,
+    batch_size: Annotated[int, typer.Option(min=1, help="Users per generate call.")] = 8,
+    max_users: Annotated[int | None, typer.Option(min=1, help="Only the first N users.")] = None,
+) -> None:
+    """Write 5-beam queries per user in the format `gloss-edge eval --queries` scores."""
+    with user_errors():
+        from gloss.train.evaluate import generate_queries
+
+        done = generate_queries(run_dir, data_dir, split, out_path, num_beams, max_new_tokens, batch_size,
+                                max_users)
+    typer.echo(str(done))

@@ -1,0 +1,54 @@
+"""gloss.train.model: explicit pad/BOS/EOS decisions, base model resolution, LoRA wrapping."""
+
+from __future__ import annotations
+
+import pytest
+from gloss.edge.errors import InputError
+
+
+@pytest.mark.slow  # GGUFReader parses every tensor header (~5 s)
+def test_gguf_tokenizer_gets_the_files_eos_and_bos_rule(smollm2_tokenizer_dir, smollm2_gguf_path):
+    from gguf import GGUFReader
+    from gloss.train.model import align_tokenizer_with_gguf, token_policy
+    from transformers import AutoTokenizer
+
+    fields = GGUFReader(str(smollm2_gguf_path)).fields
+
+    def value(key):
+        return fields[key].parts[fields[key].data[0]].tolist()[0]
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    align_tokenizer_with_gguf(tokenizer, str(smollm2_gguf_path))
+    policy = token_policy(tokenizer)
+    assert policy.eos_token_id == value("tokenizer.ggml.eos_token_id")
+    assert policy.bos_token_id == value("tokenizer.ggml.bos_token_id")
+    assert policy.pad_token_id == value("tokenizer.ggml.padding_token_id")
+    assert policy.add_bos_token == bool(value("tokenizer.ggml.add_bos_token"))
+    assert policy.encode_prompt(tokenizer, "x") == tokenizer("x")["input_ids"]
+
+
+def test_token_policy_sets_missing_pad_to_eos(smollm2_tokenizer_dir):
+    from gloss.train.model import token_policy
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    tokenizer.pad_token = None
+    policy = token_policy(tokenizer, add_bos_token=False)
+    assert policy.pad_token_id == tokenizer.eos_token_id == policy.eos_token_id
+    assert policy.encode_prompt(tokenizer, "x") == tokenizer("x", add_special_tokens=False)["input_ids"]
+
+
+def test_default_base_model_is_the_smollm2_gguf(smollm2_gguf_path):
+    from gloss.train.model import resolve_base_model
+
+    assert resolve_base_model(None) == str(smollm2_gguf_path)
+    assert resolve_base_model("org/model") == "org/model"
+
+
+def test_unknown_target_module_is_an_input_error(make_config, tiny_llama_dir):
+    from gloss.train.model import add_lora
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    with pytest.raises(InputError, match="--target-modules qkv_proj: not in the base model"):
+        add_lora(model, make_config(target_modules=("q_proj", "qkv_proj")))
