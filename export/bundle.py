@@ -22,30 +22,10 @@ from gloss.edge.bundle import (
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
+from gloss.edge.gguf_header import check_gguf
 from gloss.edge.index import METRIC, ItemIndex
 
 logger = logging.getLogger(__name__)
-
-GGUF_MAGIC = b"GGUF"
-
-
-def check_gguf(gguf_path: Path) -> Path:
-    """Return ``gguf_path`` if it is a GGUF file (checks the magic bytes).
-
-    Raises:
-        InputError: If the file is missing or does not start with ``GGUF``.
-    """
-    gguf_path = Path(gguf_path)
-    if not gguf_path.is_file():
-        raise InputError(f"--gguf {gguf_path}: no such file; write one with gloss-export gguf")
-    with open(gguf_path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise InputError(
-            f"--gguf {gguf_path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})"
-        )
-    return gguf_path
-
 
 def _generator_section(gguf_path: Path, generator_meta: dict[str, Any] | None) -> dict[str, Any]:
     meta = dict(generator_meta or {})
@@ -108,7 +88,7 @@ def build_bundle(
     if embedder_dir is not None:
         OnnxEmbedder.load(Path(embedder_dir))
     if gguf_path is not None:
-        check_gguf(gguf_path)
+        check_gguf(gguf_path, stop_after="general.architecture")
     catalog = load_catalog(catalog_path)
     name = name or catalog_path.name.split(".")[0]
     with atomic_dir(out_dir, marker=MANIFEST_NAME) as tmp:
@@ -169,7 +149,7 @@ def add_generator(bundle_dir: Path, gguf_path: Path, generator_meta: dict[str, A
     """
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir, verify=True)
-    gguf_path = check_gguf(gguf_path)
+    check_gguf(gguf_path, stop_after="general.architecture")
     old_generator = Path(GENERATOR_FILE).parts[0]
     with atomic_dir(bundle_dir, marker=MANIFEST_NAME) as tmp:
         for entry in bundle_dir.iterdir():

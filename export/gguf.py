@@ -9,131 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import struct
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from gloss.edge.errors import InputError, require
 from gloss.edge.files import atomic_path
+from gloss.edge.gguf_header import LLAMA_ARCH, check_gguf, read_gguf_metadata  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-GGUF_MAGIC = b"GGUF"
-LLAMA_ARCH = "llama"
 _LLAMA3_REGEX_MARKS = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "\\p{N}{1,3}")
-
-
-def check_gguf(path: Path) -> dict[str, Any]:
-    """Read a GGUF file's metadata and check that it holds a LLaMA-architecture model.
-
-    Reads only the header with :func:`read_gguf_metadata` (pure Python, milliseconds); gguf-py's
-    ``GGUFReader`` parses every token string and takes seconds on a 49k-token vocabulary.
-
-    Args:
-        path: A ``.gguf`` file.
-
-    Returns:
-        The metadata key/values (arrays longer than 64 items are left out) plus ``"tensor_count"``.
-
-    Raises:
-        InputError: If the file is missing, is not a GGUF file, or is not a LLaMA-architecture model.
-    """
-    meta = read_gguf_metadata(path)
-    arch = meta.get("general.architecture")
-    if arch != LLAMA_ARCH:
-        raise InputError(f"{path} is a {arch} GGUF; the edge runtime needs a LLaMA-architecture model")
-    return meta
-
-
-# GGUF value types (gguf.GGUFValueType): fixed-size ones map to struct formats; 8 = string, 9 = array.
-_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_STRING, _ARRAY = 8, 9
-
-
-def read_gguf_metadata(path: Path, max_array: int = 64) -> dict[str, Any]:
-    """Read the key/value metadata of a GGUF (v2/v3) file without loading its tensors.
-
-    Args:
-        path: A ``.gguf`` file.
-        max_array: Arrays with more items than this (token lists, merges) are skipped, not returned.
-
-    Returns:
-        ``{key: value}`` plus ``"tensor_count"``.
-
-    Raises:
-        InputError: If the file is missing, not a GGUF file, or truncated.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such GGUF file")
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(4) != GGUF_MAGIC:
-                raise InputError(
-                    f"{path}: not a GGUF file; pass a .gguf written by gloss-export gguf or quantize"
-                )
-            version, tensor_count, kv_count = struct.unpack("<IQQ", _read(handle, 20))
-            if version < 2:
-                raise InputError(f"{path}: GGUF version {version} is too old; convert the model again")
-            meta: dict[str, Any] = {"tensor_count": tensor_count}
-            for _ in range(kv_count):
-                key = _read_string(handle)
-                meta[key] = _read_value(handle, struct.unpack("<I", _read(handle, 4))[0], max_array)
-            meta = {k: v for k, v in meta.items() if v is not _SKIPPED}
-    except (struct.error, UnicodeDecodeError, EOFError) as exc:
-        raise InputError(
-            f"{path}: corrupt GGUF header ({exc}); export it again with gloss-export gguf"
-        ) from exc
-    return meta
-
-
-_SKIPPED = object()
-
-
-def _read(handle: Any, size: int) -> bytes:
-    data = handle.read(size)
-    if len(data) != size:
-        raise EOFError("file ends inside the header")
-    return data
-
-
-def _read_string(handle: Any) -> str:
-    (size,) = struct.unpack("<Q", _read(handle, 8))
-    return _read(handle, size).decode("utf-8")
-
-
-def _read_value(handle: Any, vtype: int, max_array: int) -> Any:
-    if vtype in _SCALARS:
-        fmt = _SCALARS[vtype]
-        return struct.unpack(fmt, _read(handle, struct.calcsize(fmt)))[0]
-    if vtype == _STRING:
-        return _read_string(handle)
-    if vtype != _ARRAY:
-        raise struct.error(f"unknown GGUF value type {vtype}")
-    itype, count = struct.unpack("<IQ", _read(handle, 12))
-    if count <= max_array:
-        return [_read_value(handle, itype, max_array) for _ in range(count)]
-    if itype in _SCALARS:
-        handle.seek(count * struct.calcsize(_SCALARS[itype]), 1)
-    else:
-        for _ in range(count):
-            _read_value(handle, itype, 0)  # walk variable-size items (strings) without keeping them
-    return _SKIPPED
 
 
 def write_gguf(model_dir: Path, out_path: Path, dtype: Literal["f32", "f16"] = "f16") -> Path:

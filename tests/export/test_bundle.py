@@ -33,8 +33,15 @@ def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fake_gguf(tmp_path: Path) -> Path:
+    """A header-only LLaMA GGUF (no tensors): enough for the bundle, which copies it unopened."""
+    import gguf
+
     path = tmp_path / "generator.gguf"
-    path.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
     return path
 
 
@@ -94,7 +101,7 @@ def test_bundle_with_generator_and_add_generator(embedder_dir: Path, tmp_path: P
     assert bundle.generator_meta == {**meta, "file": GENERATOR_FILE, "source": fake_gguf.name}
 
     other = tmp_path / "other.gguf"
-    other.write_bytes(b"GGUF" + b"\x01" * 100)
+    other.write_bytes(fake_gguf.read_bytes() + b"\x00" * 32)  # a different file with a valid header
     add_generator(out, other, {"base_model": "other"})
     updated = load_bundle(out)
     assert updated.paths.generator is not None and updated.paths.generator.read_bytes() == other.read_bytes()
@@ -128,7 +135,7 @@ def test_add_generator_rejects_non_gguf_and_keeps_bundle(embedder_dir: Path, tmp
         ("bad-catalog", "needs string fields 'asin' and 'title'"),
         ("embedder-not-dir", "not a directory; export an embedder"),
         ("embedder-incomplete", "missing model.onnx"),
-        ("gguf-missing", "--gguf .*: no such file"),
+        ("gguf-missing", "missing.gguf: no such file"),
         ("gguf-not-gguf", "not a GGUF file"),
     ],
 )

@@ -1,0 +1,219 @@
+"""Beam search on llama.cpp: bookkeeping vs exhaustive search; the runtime on the real SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gloss.edge.errors import InputError
+from gloss.edge.generate import (
+    Beams,
+    BeamSettings,
+    GenerationConfig,
+    LlamaCppGenerator,
+    beam_step,
+    log_softmax,
+    run_beam_search,
+)
+from gloss.edge.gguf_header import check_gguf
+from gloss.edge.prompt import build_prompt, parse_generated
+
+HISTORY = [
+    "Xtreme Brite Brightening Gel 1oz.",
+    "WAWO 15 Color Professionl Makeup Eyeshadow Concealer Palette",
+]
+
+
+def fake_log_probs(prefix: tuple[int, ...], vocab: int) -> np.ndarray:
+    """A deterministic 'model': next-token log-probs seeded by the prefix."""
+    seed = int.from_bytes(hashlib.sha256(repr(prefix).encode()).digest()[:4], "little")
+    return log_softmax(np.random.default_rng(seed).normal(scale=2.0, size=vocab))
+
+
+def fake_search(vocab: int, settings: BeamSettings) -> Beams:
+    """Run the production loop with the fake model."""
+
+    def advance(beams: Beams, parents: tuple[int, ...]) -> np.ndarray:
+        return np.stack([fake_log_probs(seq, vocab) for seq in beams.sequences])
+
+    return run_beam_search(fake_log_probs((), vocab)[None, :], advance, settings)
+
+
+def exhaustive(vocab: int, settings: BeamSettings) -> list[tuple[float, tuple[int, ...]]]:
+    """Every sequence that ends at its first stop token or at the length limit, scored and sorted."""
+    out = []
+    for length in range(1, settings.max_new_tokens + 1):
+        for seq in itertools.product(range(vocab), repeat=length):
+            stops = [t in settings.stop_token_ids for t in seq]
+            if any(stops[:-1]) or (not stops[-1] and length < settings.max_new_tokens):
+                continue
+            total = sum(fake_log_probs(seq[:i], vocab)[t] for i, t in enumerate(seq))
+            out.append((total / length**settings.length_penalty, seq))
+    return sorted(out, key=lambda item: -item[0])
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0, -1.0])
+@pytest.mark.parametrize(("vocab", "max_new_tokens", "stops"), [(3, 3, {0}), (2, 4, {1}), (4, 2, set())])
+def test_beam_search_with_all_beams_equals_exhaustive_search(vocab, max_new_tokens, stops, length_penalty):
+    settings = BeamSettings(vocab**max_new_tokens, max_new_tokens, frozenset(stops), length_penalty)
+    expected = exhaustive(vocab, settings)
+    got = fake_search(vocab, settings).finished
+    assert [seq for _, seq in got] == [seq for _, seq in expected]
+    np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected], rtol=1e-12)
+
+
+def test_beam_step_only_top_num_beams_candidates_can_finish():
+    settings = BeamSettings(num_beams=2, max_new_tokens=10, stop_token_ids=frozenset({3}))
+    log_probs = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))  # the stop token ranks 4th
+    beams, parents = beam_step(Beams(), log_probs, settings)
+    assert beams.finished == () and beams.sequences == ((0,), (1,)) and parents == (0, 0)
+    log_probs = np.log(np.array([[0.5, 0.3, 0.15, 0.05], [0.1, 0.1, 0.1, 0.7]]))
+    beams, parents = beam_step(beams, log_probs, settings)
+    # Candidates: (0,0) .25, (1,3) .21, (0,1) .15 -> the stop candidate ranks 2nd, so it finishes.
+    assert [seq for _, seq in beams.finished] == [(1, 3)]
+    assert beams.finished[0][0] == pytest.approx(np.log(0.3 * 0.7) / 2)
+    assert beams.sequences == ((0, 0), (0, 1)) and parents == (0, 0)
+
+
+def test_beam_step_stops_when_running_beams_cannot_beat_finished_ones():
+    settings = BeamSettings(num_beams=1, max_new_tokens=10, stop_token_ids=frozenset({0}))
+    beams, _ = beam_step(Beams(), np.log(np.array([[0.6, 0.4]])), settings)
+    # Best running beam (token 1, log .4) judged at length 1 is below the finished (token 0, log .6).
+    assert beams.finished[0][1] == (0,) and beams.done
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"num_beams": 0}, "--num-beams"),
+        ({"num_beams": 200}, "--num-beams"),
+        ({"num_return_sequences": 6}, "--num-return-sequences"),
+        ({"num_return_sequences": 0}, "--num-return-sequences"),
+        ({"max_new_tokens": 0}, "--max-new-tokens"),
+        ({"n_ctx": 50}, "--n-ctx"),
+        ({"length_penalty": float("nan")}, "--length-penalty"),
+        ({"num_threads": 0}, "--num-threads"),
+    ],
+)
+def test_generation_config_rejects_bad_values(kwargs, flag):
+    with pytest.raises(InputError, match=flag):
+        GenerationConfig(**kwargs)
+
+
+def test_load_rejects_missing_and_non_gguf_files(tmp_path: Path):
+    with pytest.raises(InputError, match="no such file"):
+        LlamaCppGenerator.load(tmp_path / "missing.gguf")
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(InputError, match="not a GGUF file"):
+        LlamaCppGenerator.load(bad)
+
+
+def test_load_rejects_gguf_of_another_architecture(tmp_path: Path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "bert.gguf"
+    writer = gguf.GGUFWriter(path, "bert")
+    writer.add_uint32("bert.block_count", 2)
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(InputError, match="is a bert GGUF.*gloss-export gguf"):
+        LlamaCppGenerator.load(path)
+
+
+def test_gguf_header_reader_agrees_with_llama_cpp(smollm2_gguf_path: Path, generator: LlamaCppGenerator):
+    meta = check_gguf(smollm2_gguf_path, stop_after="general.architecture")
+    assert meta["general.architecture"] == generator._model.metadata()["general.architecture"]
+
+
+@pytest.fixture(scope="module")
+def generator(smollm2_gguf_path: Path) -> LlamaCppGenerator:
+    pytest.importorskip("llama_cpp")
+    config = GenerationConfig(num_beams=3, num_return_sequences=3, max_new_tokens=4, n_ctx=512)
+    gen = LlamaCppGenerator.load(smollm2_gguf_path, config, add_bos=True)
+    yield gen
+    gen.close()
+
+
+def test_all_beams_of_a_step_go_in_one_llama_decode_call(generator: LlamaCppGenerator, monkeypatch):
+    import llama_cpp
+
+    calls: list[tuple[int, set[int]]] = []
+    real_decode = llama_cpp.llama_decode
+
+    def counting_decode(ctx, batch):
+        calls.append((batch.n_tokens, {batch.seq_id[i][0] for i in range(batch.n_tokens)}))
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
+    prompt = generator.prompt_tokens(HISTORY)
+    results = generator.beam_search(prompt)
+    steps = generator.stats.num_steps
+    assert len(results) == 3 and steps >= max(len(tokens) for tokens, _ in results)
+    # The prompt once, then one call per step after the first (the last step's tokens need no decode).
+    assert len(calls) == steps and calls[0] == (len(prompt), {0})
+    for n_tokens, seqs in calls[1:]:
+        assert 1 <= n_tokens <= 3 and len(seqs) == n_tokens and 0 not in seqs
+
+
+def test_generate_returns_parsed_titles_best_first(generator: LlamaCppGenerator):
+    queries = generator.generate(HISTORY)
+    assert len(queries) == 3
+    assert [q.score for q in queries] == sorted((q.score for q in queries), reverse=True)
+    for q in queries:
+        assert q.title == parse_generated(q.text)
+
+
+def test_one_beam_equals_greedy_decoding(smollm2_gguf_path: Path):
+    config = GenerationConfig(num_beams=1, num_return_sequences=1, max_new_tokens=6, n_ctx=512)
+    with LlamaCppGenerator.load(smollm2_gguf_path, config) as gen:
+        greedy = gen.generate_greedy(HISTORY)
+        (beam,) = gen.generate(HISTORY)
+    assert beam.text == greedy.text
+    assert beam.score == pytest.approx(greedy.score, abs=1e-4)
+
+
+def test_stop_tokens_are_eos_and_every_newline_token(generator: LlamaCppGenerator):
+    stops = generator.stop_token_ids
+    assert generator._model.token_eos() in stops
+    assert set(generator.tokenize("a\nb")) & stops  # the newline of a prompt is a stop token
+    assert not set(generator.tokenize("Title: Xtreme Brite Gel")) & stops
+
+
+def test_add_bos_prepends_bos_and_none_follows_the_gguf(
+    generator: LlamaCppGenerator, smollm2_gguf_path: Path
+):
+    with_bos = generator.tokenize("Title: a")
+    assert with_bos[0] == generator._model.token_bos()
+    with LlamaCppGenerator.load(smollm2_gguf_path, generator.config) as default:
+        assert default.add_bos == default._model.add_bos_token()
+        assert default.tokenize("Title: a") == (with_bos if default.add_bos else with_bos[1:])
+
+
+def test_history_is_cut_from_the_oldest_item_to_fit(generator: LlamaCppGenerator):
+    long_history = [f"Item number {i} with a rather long descriptive title for testing" for i in range(200)]
+    tokens = generator.prompt_tokens(long_history)
+    budget = generator.config.max_prompt_tokens
+    assert len(tokens) <= budget
+    text = generator.detokenize(tokens)
+    assert "Item number 199 " in text and "Item number 0 " not in text
+    assert len(tokens) + 20 > budget  # it keeps as much history as fits
+
+
+def test_prompt_too_long_even_after_truncation_is_an_input_error(smollm2_gguf_path: Path):
+    config = GenerationConfig(num_beams=2, num_return_sequences=1, max_new_tokens=8, n_ctx=100)
+    with LlamaCppGenerator.load(smollm2_gguf_path, config) as gen:
+        with pytest.raises(InputError, match="exceeds 92 tokens.*raise --n-ctx"):
+            gen.generate(["word " * 200])
+        with pytest.raises(InputError, match="more than --n-ctx 100"):
+            gen.beam_search(list(range(150)))
+
+
+def test_prompt_matches_the_shared_template(generator: LlamaCppGenerator):
+    assert generator.prompt_tokens(HISTORY) == generator.tokenize(build_prompt(HISTORY))
