@@ -114,7 +114,7 @@ def recommend(
                                                       "a JSON list or one ASIN/title per line; '-' = stdin.")] = None,
     items: Annotated[list[str] | None, typer.Option("--item", "-i", help="A history item (ASIN or title), "
                                                     "oldest first; repeatable.")] = None,
-    k: Annotated[int, typer.Option(min=1, max=1000, help="Number of items to return.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="Number of items to return.")] = 10,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never recommend history items.")] = False,
     last_item: Annotated[bool, typer.Option("--last-item", help="Skip the LLM: search with the last "
                                             "item's title.")] = False,

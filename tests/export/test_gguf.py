@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
+from typer.testing import CliRunner  # noqa: E402
+
 from gloss.edge.errors import InputError  # noqa: E402
 from gloss.edge.files import read_jsonl  # noqa: E402
 from gloss.edge.prompt import build_prompt  # noqa: E402
@@ -21,7 +23,6 @@ from gloss.export.cli import app  # noqa: E402
 from gloss.export.gguf import check_gguf, read_gguf_metadata, write_gguf  # noqa: E402
 from gloss.export.merge import load_causal_lm  # noqa: E402
 from gloss.export.quantize import quantize_gguf  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 logger = logging.getLogger(__name__)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -10,11 +10,12 @@ pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
+from typer.testing import CliRunner  # noqa: E402
+
 from gloss.edge.errors import GlossError, InputError  # noqa: E402
 from gloss.export.cli import app  # noqa: E402
 from gloss.export.gguf import check_gguf, write_gguf  # noqa: E402
 from gloss.export.quantize import quantize_gguf  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from gloss.edge.files import read_jsonl, write_jsonl_atomic
 
 BEAUTY = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2014" / "beauty"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from gloss.edge.errors import InputError
 from gloss.train.cli import app
 from gloss.train.config import ALL_LINEAR, TrainConfig, load_config
-from typer.testing import CliRunner
 
 
 def test_defaults_are_the_paper_recipe():

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from gloss.edge.errors import InputError
 from gloss.edge.files import read_jsonl, write_jsonl_atomic
 from gloss.edge.splits import Split, load_sequences, make_examples, validation_users
 from gloss.train.cli import app
 from gloss.train.data import prepare_data
-from typer.testing import CliRunner
 
 RAW = Path(__file__).resolve().parents[1] / "fixtures" / "raw2014"
 BEAUTY = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2014" / "beauty"

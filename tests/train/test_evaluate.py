@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from gloss.edge.catalog import load_catalog
 from gloss.edge.evaluate import cases_from_queries_file
 from gloss.edge.files import read_jsonl
@@ -55,6 +56,7 @@ def test_batched_left_padded_beams_equal_one_by_one(loaded, prepared_dir):
 
 def test_beams_match_transformers_generate_on_the_plain_prompt(loaded, prepared_dir):
     import torch
+
     from gloss.edge.prompt import build_prompt, parse_generated, render_item
     from gloss.train.evaluate import beam_queries
     from gloss.train.loop import load_split_titles

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from gloss.edge.errors import InputError
 from gloss.edge.prompt import build_prompt, fit_history, render_item
 from gloss.edge.splits import Split

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
+
 from gloss.edge.errors import InputError
 
 
 @pytest.mark.slow  # GGUFReader parses every tensor header (~5 s)
 def test_gguf_tokenizer_gets_the_files_eos_and_bos_rule(smollm2_tokenizer_dir, smollm2_gguf_path):
     from gguf import GGUFReader
-    from gloss.train.model import align_tokenizer_with_gguf, token_policy
     from transformers import AutoTokenizer
+
+    from gloss.train.model import align_tokenizer_with_gguf, token_policy
 
     fields = GGUFReader(str(smollm2_gguf_path)).fields
 
@@ -28,8 +30,9 @@ def test_gguf_tokenizer_gets_the_files_eos_and_bos_rule(smollm2_tokenizer_dir, s
 
 
 def test_token_policy_sets_missing_pad_to_eos(smollm2_tokenizer_dir):
-    from gloss.train.model import token_policy
     from transformers import AutoTokenizer
+
+    from gloss.train.model import token_policy
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     tokenizer.pad_token = None
@@ -46,8 +49,9 @@ def test_default_base_model_is_the_smollm2_gguf(smollm2_gguf_path):
 
 
 def test_unknown_target_module_is_an_input_error(make_config, tiny_llama_dir):
-    from gloss.train.model import add_lora
     from transformers import AutoModelForCausalLM
+
+    from gloss.train.model import add_lora
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     with pytest.raises(InputError, match="--target-modules qkv_proj: not in the base model"):

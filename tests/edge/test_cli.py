@@ -1,0 +1,181 @@
+"""`gloss-edge` end to end through typer's CliRunner on a small real-title bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gloss.edge.bundle import MANIFEST_NAME
+from gloss.edge.catalog import load_catalog
+from gloss.edge.cli import app
+from gloss.edge.prompt import render_item
+from gloss.edge.recommend import Recommender
+from gloss.edge.serve import handle_request, make_server
+from gloss.edge.splits import Split, load_sequences, make_examples
+from gloss.export.bundle import build_bundle
+from tests.conftest import FIXTURES
+from tests.edge.test_embed import write_tiny_embedder
+
+CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
+SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    texts = [render_item(t) for t in load_catalog(CATALOG_PATH).titles]
+    embedder = write_tiny_embedder(root / "embedder", texts=texts)
+    return build_bundle(CATALOG_PATH, root / "bundle", embedder_dir=embedder, name="beauty")
+
+
+@pytest.fixture(scope="module")
+def example():
+    return next(make_examples(load_sequences(SEQUENCES_PATH), Split.test, frozenset()))
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("recommend", "eval", "serve"):
+        assert command in result.output
+
+
+def test_recommend_last_item_json(bundle_dir: Path, example):
+    result = invoke("recommend", bundle_dir, "--last-item", "--json", "-k", "7", *[
+        x for asin in example.history for x in ("--item", asin)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert len(out["items"]) == 7
+    assert out["items"][0]["asin"] == example.history[-1]  # itself included under the paper's rule
+    scores = [item["score"] for item in out["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_recommend_reads_titles_from_stdin_and_drops_seen(bundle_dir: Path, example):
+    catalog = load_catalog(CATALOG_PATH)
+    titles = "\n".join(catalog.title(a) for a in example.history)
+    result = invoke("recommend", bundle_dir, "--last-item", "--exclude-seen", "--json", "--history", "-", input=titles)
+    assert result.exit_code == 0, result.output
+    assert not {item["asin"] for item in json.loads(result.stdout)["items"]} & set(example.history)
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["--last-item", "--item", "B000NOTREAL"], None, "unknown item 'B000NOTREAL'"),
+        (["--last-item", "--history", "-"], "\n\n", "empty history"),
+        (["--last-item"], None, "no history"),
+        (["--item", "X"], None, "bundle has no generator"),
+        (["--last-item", "--history", "missing.txt"], None, "missing.txt: no such file"),
+    ],
+)
+def test_recommend_bad_input_gives_one_error_line(bundle_dir: Path, args, stdin, message):
+    result = invoke("recommend", bundle_dir, *args, input=stdin)
+    assert result.exit_code == 2
+    assert message in error_line(result)
+
+
+def test_recommend_rejects_a_tampered_bundle(bundle_dir: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    with open(broken / "index.usearch", "r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\xff" * 8)
+    result = invoke("recommend", broken, "--last-item", "--item", "x")
+    assert result.exit_code == 2
+    assert "index.usearch" in error_line(result)
+
+
+def test_recommend_rejects_a_folder_that_is_not_a_bundle(tmp_path: Path):
+    result = invoke("recommend", tmp_path, "--last-item", "--item", "x")
+    assert result.exit_code == 2
+    assert MANIFEST_NAME in error_line(result)
+
+
+def test_eval_queries_file_json_report(bundle_dir: Path, tmp_path: Path):
+    catalog = load_catalog(CATALOG_PATH)
+    examples = list(make_examples(load_sequences(SEQUENCES_PATH), Split.test, frozenset()))
+    rows = [{"user": e.user, "history": list(e.history), "target": e.target,
+             "queries": [f"Title: {catalog.title(e.target)}"]} for e in examples]
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report.json"
+    result = invoke("eval", bundle_dir, "--queries", queries, "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["metrics"]["all"]["users"] == len(rows)
+    assert report["metrics"]["all"]["recall@5"] == 1.0  # the exact target title always finds the target
+    assert report["config"]["power_min"] == 14  # beauty's threshold, from the bundle name
+    assert json.loads(out.read_text()) == report
+
+
+def test_eval_last_item_table(bundle_dir: Path):
+    result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--exclude-seen")
+    assert result.exit_code == 0, result.output
+    assert "recall@5" in result.stdout and "power" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--source", "last-item"], "needs --sequences"),
+        (["--source", "queries"], "needs --queries"),
+        (["--source", "bundle", "--sequences", SEQUENCES_PATH], "bundle has no generator"),
+        (["--queries", FIXTURES / "beauty_items.jsonl"], "lacks field"),
+    ],
+)
+def test_eval_bad_input(bundle_dir: Path, args, message):
+    result = invoke("eval", bundle_dir, *args)
+    assert result.exit_code == 2
+    assert message in error_line(result)
+
+
+def test_eval_rejects_unknown_source(bundle_dir: Path):
+    result = invoke("eval", bundle_dir, "--source", "magic")
+    assert result.exit_code == 2
+
+
+def test_handle_request_answers_and_rejects(bundle_dir: Path, example):
+    recommender = Recommender.load(bundle_dir, use_generator=False)
+    status, reply = handle_request(recommender, json.dumps({"history": list(example.history), "k": 3}).encode())
+    assert status == 200 and len(reply["items"]) == 3
+    for body, message in [(b"{", "not JSON"), (b'{"history": "x"}', "'history'"),
+                          (b'{"history": ["B000NOTREAL"]}', "unknown item"),
+                          (b'{"history": ["x"], "k": 0}', "'k'")]:
+        status, reply = handle_request(recommender, body)
+        assert status == 400 and message in reply["error"]
+
+
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_server_round_trip_on_loopback(bundle_dir: Path, example):
+    server = make_server(Recommender.load(bundle_dir, use_generator=False), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        request = urllib.request.Request(f"{url}/recommend", data=json.dumps(
+            {"history": list(example.history), "k": 2}).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert [i["asin"] for i in json.loads(response.read())["items"]][0] == example.history[-1]
+    finally:
+        server.shutdown()
+        server.server_close()
