@@ -160,3 +160,7 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+if __name__ == "__main__":
+    app()

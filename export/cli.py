@@ -144,3 +144,7 @@ def bundle(
             name=name,
         )
     typer.echo(str(out))
+
+
+if __name__ == "__main__":
+    app()

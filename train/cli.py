@@ -110,3 +110,7 @@ def generate(
         done = generate_queries(run_dir, data_dir, split, out_path, num_beams, max_new_tokens, batch_size,
                                 max_users)
     typer.echo(str(done))
+
+
+if __name__ == "__main__":
+    app()
