@@ -9,16 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gloss.edge.beam import Beams, BeamSettings, beam_step, log_softmax, run_beam_search
 from gloss.edge.errors import InputError
-from gloss.edge.generate import (
-    Beams,
-    BeamSettings,
-    GenerationConfig,
-    LlamaCppGenerator,
-    beam_step,
-    log_softmax,
-    run_beam_search,
-)
+from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
 from gloss.edge.gguf_header import check_gguf
 from gloss.edge.prompt import build_prompt, parse_generated
 

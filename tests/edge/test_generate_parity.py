@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gloss.edge.beam import Beams, log_softmax, run_beam_search
 from gloss.edge.files import read_jsonl
-from gloss.edge.generate import Beams, GenerationConfig, LlamaCppGenerator, log_softmax, run_beam_search
+from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
 from gloss.edge.prompt import build_prompt, clean_title
 
 pytestmark = pytest.mark.slow
