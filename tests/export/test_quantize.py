@@ -83,4 +83,4 @@ def test_quantize_cli_missing_input(tmp_path: Path) -> None:
         app, ["quantize", str(tmp_path / "none.gguf"), "--out", str(tmp_path / "q.gguf")]
     )
     assert result.exit_code == 2
-    assert "no such GGUF file" in result.output
+    assert "no such file; write a GGUF" in result.output
