@@ -7,6 +7,7 @@ Layout (all paths relative to the bundle folder)::
     embedder/                model.onnx, tokenizer.json, gloss_embedder.json (gloss.edge.embed)
     index.usearch            item vectors of ``ITEM_TEXT`` per title (gloss.edge.index)
     generator/model.gguf     optional: the query generator for llama.cpp
+    fusion/copurchase.npz    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.fusion)
 
 The manifest records the format version, creation time, package versions, the prompt template, one section
 per part and the size and SHA-256 of every file, so that a truncated or edited bundle fails to load with
@@ -32,6 +33,7 @@ from gloss.edge.catalog import Catalog, load_catalog
 from gloss.edge.embed import CONFIG_NAME, EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
 from gloss.edge.files import sha256_file, write_json_atomic
+from gloss.edge.fusion import CoPurchase, FusionConfig, FusionRanker
 from gloss.edge.index import METRIC, ItemIndex, read_index_header
 from gloss.edge.prompt import ITEM_PREFIX, PROMPT_TEMPLATE
 
@@ -43,6 +45,8 @@ CATALOG_FILE = "catalog.jsonl.gz"
 EMBEDDER_DIR = "embedder"
 INDEX_FILE = "index.usearch"
 GENERATOR_FILE = "generator/model.gguf"
+COPURCHASE_FILE = "fusion/copurchase.npz"
+OPTIONAL_SECTIONS = ("generator", "fusion")
 ITEM_TEXT = ITEM_PREFIX + "{title}"  # items are embedded like the queries: "Title: <title>"
 SECTIONS = ("catalog", "embedder", "index")
 VERSIONED_PACKAGES = (
@@ -128,7 +132,7 @@ def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]
 
     Args:
         bundle_dir: The (temporary) bundle folder.
-        sections: ``catalog``, ``embedder``, ``index`` and optionally ``generator`` dicts.
+        sections: ``catalog``, ``embedder``, ``index`` and optionally ``generator`` / ``fusion`` dicts.
 
     Returns:
         The manifest written.
@@ -147,8 +151,9 @@ def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]
         "prompt_template": PROMPT_TEMPLATE,
         **{name: sections[name] for name in SECTIONS},
     }
-    if sections.get("generator") is not None:
-        manifest["generator"] = sections["generator"]
+    for name in OPTIONAL_SECTIONS:
+        if sections.get(name) is not None:
+            manifest[name] = sections[name]
     manifest["files"] = file_entries(bundle_dir)
     try:
         json.dumps(manifest)
@@ -166,6 +171,7 @@ class BundlePaths:
     embedder_dir: Path
     index: Path
     generator: Path | None
+    copurchase: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,27 @@ class Bundle:
         """Open the bundle's item index (memory-mapped by default)."""
         return ItemIndex.load(self.paths.index, view=view)
 
+    @property
+    def fusion_meta(self) -> dict[str, Any] | None:
+        """The manifest's fusion section (co-purchase statistics and tuned weights), or None."""
+        return self.manifest.get("fusion")
+
+    def open_fusion(self, index: ItemIndex | None = None) -> FusionRanker:
+        """The fusion re-ranker over this bundle's index and co-purchase statistics.
+
+        Raises:
+            InputError: If the bundle has no fusion section (add one with ``gloss-export fusion``).
+        """
+        meta = self.fusion_meta
+        if meta is None or self.paths.copurchase is None:
+            raise InputError(f"{self.dir}: bundle has no co-purchase statistics; add them with gloss-export fusion")
+        try:
+            config = FusionConfig(**meta.get("config", {}))
+        except TypeError as exc:
+            raise InputError(f"{self.dir / MANIFEST_NAME}: bad fusion config ({exc}); {BUILD_HINT}") from None
+        copurchase = CoPurchase.load(self.paths.copurchase)
+        return FusionRanker(self.catalog, index or self.open_index(), copurchase, config)
+
 
 def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
     """Open a bundle folder and check it against its manifest before anything heavy is loaded.
@@ -226,6 +253,7 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
         embedder_dir=bundle_dir / manifest["embedder"]["dir"],
         index=bundle_dir / manifest["index"]["file"],
         generator=bundle_dir / manifest["generator"]["file"] if manifest.get("generator") else None,
+        copurchase=bundle_dir / manifest["fusion"]["file"] if manifest.get("fusion") else None,
     )
     _check_dims(bundle_dir, manifest, paths)
     if manifest["prompt_template"] != PROMPT_TEMPLATE:
@@ -282,9 +310,10 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
             raise InputError(f"{path}: section {section!r} is missing or incomplete; {BUILD_HINT}")
     if "prompt_template" not in manifest:
         raise InputError(f"{path}: no prompt_template; {BUILD_HINT}")
-    generator = manifest.get("generator")
-    if generator is not None and (not isinstance(generator, dict) or "file" not in generator):
-        raise InputError(f"{path}: section 'generator' has no 'file'; {BUILD_HINT}")
+    for name in OPTIONAL_SECTIONS:
+        section = manifest.get(name)
+        if section is not None and (not isinstance(section, dict) or "file" not in section):
+            raise InputError(f"{path}: section {name!r} has no 'file'; {BUILD_HINT}")
     return manifest
 
 
@@ -300,8 +329,7 @@ def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool) -> No
     files: dict[str, Any] = manifest["files"]
     needed = [manifest["catalog"]["file"], manifest["index"]["file"]]
     needed += [f"{manifest['embedder']['dir']}/{name}" for name in EMBEDDER_FILES]
-    if manifest.get("generator"):
-        needed.append(manifest["generator"]["file"])
+    needed += [manifest[name]["file"] for name in OPTIONAL_SECTIONS if manifest.get(name)]
     unlisted = [rel for rel in needed if rel not in files]
     if unlisted:
         raise InputError(f"{bundle_dir}: manifest has no checksum for {unlisted}; {BUILD_HINT}")

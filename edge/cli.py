@@ -56,6 +56,8 @@ def eval_command(
                                                   "generated title, 10 for last-item).")] = None,
     power_min: Annotated[int | None, typer.Option(help="Power users have more interactions than this "
                                                   "(default: 14 for beauty, else 13).")] = None,
+    fusion: Annotated[bool, typer.Option("--fusion", help="Rank with the bundle's fusion re-ranker (co-purchase "
+                                         "+ history text + queries) instead of the paper's rule.")] = False,
     max_users: Annotated[int | None, typer.Option(min=1, help="Score only the first N users.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation-user sample.")] = DEFAULT_SEED,
     out_path: Annotated[Path | None, typer.Option("--out", help="Also write the JSON report here.")] = None,
@@ -68,13 +70,15 @@ def eval_command(
 
     with user_errors():
         bundle = load_bundle(bundle_dir)
-        cases = load_cases(bundle, source.value, queries_path, sequences_path, split, max_users, seed)
+        cases = load_cases(bundle, source.value, queries_path, sequences_path, split, max_users, seed, fusion)
+        index = bundle.open_index()
         config = RetrievalConfig(
             k=10, per_query=per_query or (10 if source is Source.last_item else 1), exclude_seen=exclude_seen
         )
         power = power_min if power_min is not None else POWER_MIN.get(bundle.name, POWER_MIN_DEFAULT)
-        report = evaluate(cases, bundle.catalog, bundle.open_embedder(), bundle.open_index(), config,
-                          source=source.value, power_min=power, details_path=details_path)
+        report = evaluate(cases, bundle.catalog, bundle.open_embedder(), index, config,
+                          source=source.value, power_min=power, details_path=details_path,
+                          fusion=bundle.open_fusion(index) if fusion else None)
         if out_path is not None:
             write_json_atomic(out_path, report.to_dict())
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
@@ -118,6 +122,8 @@ def recommend(
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never recommend history items.")] = False,
     last_item: Annotated[bool, typer.Option("--last-item", help="Skip the LLM: search with the last "
                                             "item's title.")] = False,
+    fusion: Annotated[bool | None, typer.Option("--fusion/--no-fusion", help="Fusion re-ranking (default: on "
+                                                "when the bundle has co-purchase statistics).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
     """Recommend K catalogue items for one user history."""
@@ -125,7 +131,7 @@ def recommend(
 
     with user_errors():
         history = read_history(history_path, items)
-        result = Recommender.load(bundle_dir, use_generator=not last_item).recommend(
+        result = Recommender.load(bundle_dir, use_generator=not last_item, use_fusion=fusion).recommend(
             history, k=k, exclude_seen=exclude_seen
         )
     if as_json:

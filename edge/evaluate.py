@@ -32,6 +32,7 @@ from gloss.edge.splits import DEFAULT_SEED, Example, Split, load_sequences, make
 
 if TYPE_CHECKING:
     from gloss.edge.bundle import Bundle
+    from gloss.edge.fusion import FusionRanker
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,16 @@ def cases_from_queries_file(path: Path, catalog: Catalog) -> list[EvalCase]:
     return cases
 
 
-def cases_last_item(examples: Iterable[Example], catalog: Catalog) -> list[EvalCase]:
-    """The zero-training baseline: the last history item's own text is the only query."""
+def cases_last_item(examples: Iterable[Example], catalog: Catalog, with_query: bool = True) -> list[EvalCase]:
+    """The zero-training baseline: the last history item's own text is the only query.
+
+    ``with_query=False`` gives history-only cases (the fusion re-ranker scores recent items itself).
+    """
     cases = []
     for ex in examples:
         check_example(ex.user, ex.history, ex.target, catalog)
-        cases.append(EvalCase(ex.user, ex.history, ex.target, (render_item(catalog.title(ex.history[-1])),)))
+        query = (render_item(catalog.title(ex.history[-1])),) if with_query else ()
+        cases.append(EvalCase(ex.user, ex.history, ex.target, query))
     return cases
 
 
@@ -130,23 +135,31 @@ def rank_cases(
     index: SearchIndex,
     config: RetrievalConfig,
     show_progress: bool | None = None,
+    fusion: FusionRanker | None = None,
 ) -> Iterator[tuple[EvalCase, list[int]]]:
-    """Yield each case with its ranked catalogue positions; queries are embedded and searched in chunks."""
+    """Yield each case with its ranked catalogue positions; queries are embedded and searched in chunks.
+
+    With ``fusion`` the fusion re-ranker orders the items (cases without queries rank on history alone);
+    otherwise the paper's rule (:func:`gloss.edge.recommend.rank_items`) does.
+    """
     show = progress_enabled(show_progress, logger)
     bar = tqdm(desc="rank", unit="user", disable=not show)
     known = item_texts(catalog)
     for chunk in _chunks(cases, CHUNK_USERS):
         texts = sorted({q for case in chunk for q in case.queries})
         row_of = {text: i for i, text in enumerate(texts)}
-        vectors = embed_queries(texts, embedder, index, known)
-        max_seen = max(len(set(case.history)) for case in chunk)
-        depth = min(len(index), search_depth(config, max_seen))
-        positions, sims = index.search(vectors, depth)
-        for case in chunk:
-            rows = [row_of[q] for q in case.queries]
-            seen = [catalog.position(a) for a in case.history]
-            ranked = rank_items(positions[rows], sims[rows], seen, config)
-            yield case, [item.position for item in ranked]
+        vectors = embed_queries(texts, embedder, index, known) if texts else None
+        histories = [[catalog.position(a) for a in case.history] for case in chunk]
+        if fusion is not None:
+            queries = [vectors[[row_of[q] for q in case.queries]] if case.queries else None for case in chunk]
+            for case, ranked in zip(chunk, fusion.rank_batch(histories, queries, k=config.k), strict=True):
+                yield case, [item.position for item in ranked]
+        else:
+            depth = min(len(index), search_depth(config, max(len(set(h)) for h in histories)))
+            positions, sims = index.search(vectors, depth)
+            for case, seen in zip(chunk, histories, strict=True):
+                rows = [row_of[q] for q in case.queries]
+                yield case, [item.position for item in rank_items(positions[rows], sims[rows], seen, config)]
         bar.update(len(chunk))
     bar.close()
 
@@ -161,6 +174,7 @@ def evaluate(
     power_min: int = POWER_MIN_DEFAULT,
     details_path: Path | None = None,
     show_progress: bool | None = None,
+    fusion: FusionRanker | None = None,
 ) -> EvalReport:
     """Score cases with Recall@k, NDCG@k, MRR overall and per user segment.
 
@@ -174,6 +188,7 @@ def evaluate(
         power_min: Users with more interactions than this are "power" users.
         details_path: If set, write one JSONL row per user (ranked ids, rank of the target).
         show_progress: Progress bar; None follows the log level.
+        fusion: Rank with this fusion re-ranker instead of the paper's rule.
 
     Returns:
         The report; segments count interactions as ``len(history) + 1``.
@@ -182,7 +197,7 @@ def evaluate(
     ranks: list[int | None] = []
     lengths: list[int] = []
     details: list[dict[str, Any]] = []
-    for case, ranked in rank_cases(cases, catalog, embedder, index, config, show_progress):
+    for case, ranked in rank_cases(cases, catalog, embedder, index, config, show_progress, fusion):
         ids = [catalog.asins[p] for p in ranked]
         rank = rank_of(ids, case.target)
         ranks.append(rank)
@@ -196,7 +211,8 @@ def evaluate(
         write_jsonl_atomic(details_path, details)
     metrics = summarize(ranks, lengths, power_min=power_min)
     logger.info("evaluated %d users in %.1f s", len(ranks), seconds)
-    return EvalReport(metrics, {**asdict(config), "power_min": power_min}, seconds, source)
+    rule = {"rule": "fusion", "fusion": fusion.config.to_dict()} if fusion is not None else {"rule": "paper"}
+    return EvalReport(metrics, {**asdict(config), **rule, "power_min": power_min}, seconds, source)
 
 
 def format_report(report: EvalReport) -> str:
@@ -220,12 +236,19 @@ def load_cases(
     split: Split,
     max_users: int | None = None,
     seed: int = DEFAULT_SEED,
+    fusion: bool = False,
 ) -> Iterable[EvalCase]:
     """Cases for ``gloss-edge eval``: from a queries file, the last item, or the bundle's generator.
 
+    With ``fusion`` the last-item source gives history-only cases, and the bundle's co-purchase statistics
+    must leave out the held-out items of ``split`` (their ``holdout``), so no target leaks into the ranking.
+
     Raises:
-        InputError: If the source's input is not given, or the bundle has no generator for ``bundle``.
+        InputError: If the source's input is not given, the bundle has no generator for ``bundle``, or
+            its co-purchase statistics saw the split's targets.
     """
+    if fusion:
+        check_fusion_holdout(bundle, split)
     if source == "queries":
         if queries_path is None:
             raise InputError("--source queries needs --queries FILE")
@@ -236,7 +259,7 @@ def load_cases(
     held_out = validation_users([s.user for s in sequences], seed=seed) if split is not Split.test else frozenset()
     examples = list(make_examples(sequences, split, held_out))[:max_users]
     if source == "last-item":
-        return cases_last_item(examples, bundle.catalog)
+        return cases_last_item(examples, bundle.catalog, with_query=not fusion)
     if source == "bundle":
         if bundle.paths.generator is None:
             raise InputError(f"{bundle.dir}: bundle has no generator; add one with gloss-export bundle --gguf")
@@ -244,3 +267,19 @@ def load_cases(
 
         return cases_from_generator(examples, bundle.catalog, LlamaCppGenerator.load(bundle.paths.generator))
     raise InputError(f"unknown --source {source!r}: expected queries, last-item or bundle")
+
+
+HOLDOUT_NEEDED = {Split.test: 1, Split.validation: 2}
+
+
+def check_fusion_holdout(bundle: Bundle, split: Split) -> None:
+    """Raise InputError unless the bundle's co-purchase statistics leave out ``split``'s targets."""
+    meta = bundle.fusion_meta
+    if meta is None:
+        raise InputError(f"{bundle.dir}: bundle has no co-purchase statistics; add them with gloss-export fusion")
+    needed = HOLDOUT_NEEDED.get(split, 0)
+    if int(meta.get("holdout", 0)) < needed:
+        raise InputError(
+            f"{bundle.dir}: co-purchase statistics were built with --holdout {meta.get('holdout', 0)}, so they "
+            f"include the {split.value} targets; rebuild with gloss-export fusion --holdout {needed} to evaluate"
+        )

@@ -70,11 +70,8 @@ class CoPurchase:
             raise InputError(f"co-purchase: {len(self.indices)} indices but {len(self.data)} values; {BUILD_HINT}")
         if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= num_items):
             raise InputError(f"co-purchase: an index is outside 0..{num_items - 1}; {BUILD_HINT}")
-        row_sums = np.add.reduceat(self.data, self.indptr[:-1]) if len(self.data) else np.zeros(0)
-        empty = self.indptr[:-1] == self.indptr[1:]
-        sums = np.zeros(num_items, dtype=np.float64)
-        if len(self.data):
-            sums[~empty] = row_sums[~empty]
+        cumulative = np.concatenate([[0.0], np.cumsum(self.data, dtype=np.float64)])
+        sums = cumulative[self.indptr[1:]] - cumulative[self.indptr[:-1]]
         object.__setattr__(self, "_row_sums", sums)
 
     @property
@@ -123,8 +120,8 @@ class CoPurchase:
                 arrays = {name: npz[name] for name in npz.files}
         except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"{path}: not a co-purchase .npz ({exc}); {BUILD_HINT}") from exc
-        version = arrays.get("format_version")
-        if version is None or int(version) != COPURCHASE_FORMAT:
+        version = arrays["format_version"].tolist() if "format_version" in arrays else None
+        if version != COPURCHASE_FORMAT:
             raise InputError(f"{path}: co-purchase format {version!r}, expected {COPURCHASE_FORMAT}; {BUILD_HINT}")
         missing = [n for n in ("indptr", "indices", "data", "popularity", "window", "decay") if n not in arrays]
         if missing:
@@ -256,6 +253,8 @@ class FusionRanker:
         Raises:
             InputError: On an empty history, a position outside the catalogue or query vectors of another dim.
         """
+        if not histories:
+            return []
         queries = list(queries) if queries is not None else [None] * len(histories)
         if len(queries) != len(histories):
             raise InputError(f"{len(histories)} histories but {len(queries)} query sets")
@@ -351,3 +350,27 @@ class FusionRanker:
                 dim, or ``k < 1``.
         """
         return self.rank_batch([list(history_positions)], [query_vectors], k)[0]
+
+
+def load_fusion_config(path: Path) -> FusionConfig:
+    """Read FusionConfig fields from a JSON or YAML file (an unknown key is an error).
+
+    Raises:
+        InputError: If the file is missing, unreadable, or has unknown keys or bad values.
+    """
+    import yaml  # JSON is YAML, so one parser reads both
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not valid JSON/YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of FusionConfig fields")
+    known = set(FusionConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    return FusionConfig(**data)

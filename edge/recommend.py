@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from gloss.edge.catalog import Catalog
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
 from gloss.edge.generate import GenerationConfig, QueryGenerator
+
+if TYPE_CHECKING:
+    from gloss.edge.fusion import FusionRanker
 from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
 
 logger = logging.getLogger(__name__)
@@ -165,11 +168,13 @@ class Recommender:
         embedder: Embedder,
         index: SearchIndex,
         generator: QueryGenerator | None = None,
+        fusion: FusionRanker | None = None,
     ) -> None:
         self.catalog = catalog
         self.embedder = embedder
         self.index = index
         self.generator = generator
+        self.fusion = fusion
         self._known = item_texts(catalog)
 
     @classmethod
@@ -179,11 +184,19 @@ class Recommender:
         use_generator: bool = True,
         generation: GenerationConfig | None = None,
         verify: bool = True,
+        use_fusion: bool | None = None,
     ) -> Recommender:
         """Open a bundle (checked against its manifest) and its generator if it has one.
 
+        Args:
+            bundle_dir: Output of ``gloss-export bundle``.
+            use_generator: Generate queries with the bundle's LLM (else: last-item search).
+            generation: Beam-search settings.
+            verify: Check every file's SHA-256.
+            use_fusion: Rank with the fusion re-ranker; None uses it when the bundle has one.
+
         Raises:
-            InputError: If the bundle is invalid, or ``use_generator`` is set and the bundle has none.
+            InputError: If the bundle is invalid, or a part that is asked for is missing.
         """
         from gloss.edge.bundle import load_bundle
         from gloss.edge.generate import LlamaCppGenerator
@@ -197,13 +210,20 @@ class Recommender:
                     "or use --last-item"
                 )
             generator = LlamaCppGenerator.load(bundle.paths.generator, generation or GenerationConfig())
-        return cls(bundle.catalog, bundle.open_embedder(), bundle.open_index(), generator)
+        index = bundle.open_index()
+        if use_fusion is None:
+            use_fusion = bundle.fusion_meta is not None
+        fusion = bundle.open_fusion(index) if use_fusion else None
+        return cls(bundle.catalog, bundle.open_embedder(), index, generator, fusion)
 
     def queries_for(self, history: Sequence[str]) -> tuple[list[str], int]:
-        """Query texts for a history of catalogue ids, and how many neighbours each query contributes."""
+        """Query texts for a history of catalogue ids, and how many neighbours each query contributes.
+
+        Without a generator the last item is the query (fusion needs none: it scores recent items itself).
+        """
         titles = self.catalog.titles_of(history)
         if self.generator is None:
-            return [render_item(titles[-1])], 0
+            return ([] if self.fusion else [render_item(titles[-1])]), 0
         return [query_text(g.title) for g in self.generator.generate(titles)], 1
 
     def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False) -> Recommendation:
@@ -214,11 +234,16 @@ class Recommender:
         """
         asins = self.catalog.resolve_history(history)
         queries, per_query = self.queries_for(asins)
-        config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude_seen)
         seen = [self.catalog.position(a) for a in asins]
+        if self.fusion is not None:
+            vectors = embed_queries(queries, self.embedder, self.index, self._known) if queries else None
+            return self._items(self.fusion.rank(seen, vectors, k=k), queries)
+        config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude_seen)
         depth = min(len(self.index), search_depth(config, len(set(seen))))
         positions, sims = self.index.search(embed_queries(queries, self.embedder, self.index, self._known), depth)
-        ranked = rank_items(positions, sims, seen, config)
+        return self._items(rank_items(positions, sims, seen, config), queries)
+
+    def _items(self, ranked: Sequence[ScoredItem], queries: list[str]) -> Recommendation:
         items = [RecommendedItem(self.catalog.asins[i.position], self.catalog.titles[i.position], i.score)
                  for i in ranked]
         return Recommendation(items, queries)

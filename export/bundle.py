@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gloss.edge.bundle import (
     CATALOG_FILE,
+    COPURCHASE_FILE,
     EMBEDDER_DIR,
     GENERATOR_FILE,
     INDEX_FILE,
     ITEM_TEXT,
     MANIFEST_NAME,
+    OPTIONAL_SECTIONS,
+    SECTIONS,
+    Bundle,
     atomic_dir,
     load_bundle,
     write_manifest,
@@ -22,8 +27,10 @@ from gloss.edge.bundle import (
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
+from gloss.edge.fusion import FusionConfig
 from gloss.edge.gguf_header import check_gguf
 from gloss.edge.index import METRIC, ItemIndex
+from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +140,6 @@ def _embedder_section(embedder: OnnxEmbedder) -> dict[str, Any]:
 def add_generator(bundle_dir: Path, gguf_path: Path, generator_meta: dict[str, Any] | None = None) -> Path:
     """Add (or replace) the bundle's generator GGUF; the bundle is rewritten atomically.
 
-    The bundle is checked first, copied to a temp folder beside it (without any old generator), the GGUF
-    added, the manifest rewritten, and the folders swapped.
-
     Args:
         bundle_dir: An existing bundle.
         gguf_path: The generator GGUF.
@@ -147,21 +151,73 @@ def add_generator(bundle_dir: Path, gguf_path: Path, generator_meta: dict[str, A
     Raises:
         InputError: If the bundle fails to load or the GGUF is invalid.
     """
-    bundle_dir = Path(bundle_dir)
-    bundle = load_bundle(bundle_dir, verify=True)
     check_gguf(gguf_path, stop_after="general.architecture")
-    old_generator = Path(GENERATOR_FILE).parts[0]
+
+    def write(tmp: Path, bundle: Bundle) -> dict[str, Any]:
+        _copy_generator(tmp, Path(gguf_path))
+        return _generator_section(Path(gguf_path), generator_meta)
+
+    return _rewrite_bundle(Path(bundle_dir), "generator", GENERATOR_FILE, write)
+
+
+def add_fusion(
+    bundle_dir: Path,
+    sequences_path: Path,
+    holdout: int = 0,
+    window: int = DEFAULT_WINDOW,
+    decay: float = DEFAULT_DECAY,
+    config: FusionConfig | None = None,
+) -> Path:
+    """Add (or replace) co-purchase statistics and fusion weights; the bundle is rewritten atomically.
+
+    Args:
+        bundle_dir: An existing bundle.
+        sequences_path: User sequences (``{"user", "items"}``) over the bundle's catalogue.
+        holdout: Items left out at the end of every sequence: 0 to serve, 1 for a bundle that is
+            evaluated on the test split, 2 for the validation split (no held-out item leaks in).
+        window: Successors counted up to this many steps ahead.
+        decay: Weight of a successor ``g`` steps ahead: ``decay ** (g - 1)``.
+        config: Fusion weights; default :class:`FusionConfig` (tuned on Beauty validation users).
+
+    Returns:
+        ``bundle_dir``.
+
+    Raises:
+        InputError: On a bad bundle, unreadable sequences, an item not in the catalogue or bad settings.
+    """
+    if holdout not in (0, 1, 2):
+        raise InputError(f"--holdout must be 0 (serve), 1 (test) or 2 (validation), got {holdout}")
+    config = config or FusionConfig()
+
+    def write(tmp: Path, bundle: Bundle) -> dict[str, Any]:
+        out = tmp / COPURCHASE_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stats = build_copurchase_file(Path(sequences_path), bundle.catalog, out, holdout, window, decay)
+        return {
+            "file": COPURCHASE_FILE, "holdout": holdout, "window": window, "decay": decay,
+            "sequences": Path(sequences_path).name, "nnz": stats.nnz, "config": config.to_dict(),
+        }  # fmt: skip
+
+    return _rewrite_bundle(Path(bundle_dir), "fusion", COPURCHASE_FILE, write)
+
+
+def _rewrite_bundle(
+    bundle_dir: Path, section: str, part_file: str, write: Callable[[Path, Bundle], dict[str, Any]]
+) -> Path:
+    """Copy a checked bundle into a temp folder without one optional part, let ``write`` add the new part
+    and return its manifest section, rewrite the manifest and swap the folders."""
+    bundle = load_bundle(bundle_dir, verify=True)
+    old_part = Path(part_file).parts[0]
     with atomic_dir(bundle_dir, marker=MANIFEST_NAME) as tmp:
         for entry in bundle_dir.iterdir():
-            if entry.name in (MANIFEST_NAME, old_generator):
+            if entry.name in (MANIFEST_NAME, old_part):
                 continue
             if entry.is_dir():
                 shutil.copytree(entry, tmp / entry.name)
             else:
                 shutil.copy2(entry, tmp / entry.name)
-        _copy_generator(tmp, gguf_path)
-        sections = {key: bundle.manifest[key] for key in ("catalog", "embedder", "index")}
-        sections["generator"] = _generator_section(gguf_path, generator_meta)
+        sections = {key: bundle.manifest[key] for key in (*SECTIONS, *OPTIONAL_SECTIONS) if key in bundle.manifest}
+        sections[section] = write(tmp, bundle)
         write_manifest(tmp, sections)
-    logger.info("bundle %s: generator %s added", bundle_dir, gguf_path)
+    logger.info("bundle %s: %s added", bundle_dir, section)
     return bundle_dir

@@ -146,5 +146,27 @@ def bundle(
     typer.echo(str(out))
 
 
+@app.command()
+def fusion(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle to add co-purchase statistics to (rewritten atomically).")],
+    sequences_path: Annotated[Path, typer.Option("--sequences", help="User sequences JSONL(.gz): user, items.")],
+    holdout: Annotated[int, typer.Option(min=0, max=2, help="Items left out at the end of each sequence: 0 to "
+                                         "serve, 1 to evaluate on test, 2 on validation.")] = 0,
+    window: Annotated[int, typer.Option(min=1, help="Successors counted up to this many steps ahead.")] = 5,
+    decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of a successor g steps ahead: "
+                                         "decay**(g-1).")] = 0.7,
+    config_path: Annotated[Path | None, typer.Option("--config", help="JSON or YAML of FusionConfig fields "
+                                                     "(weights); default: the Beauty-tuned recipe.")] = None,
+) -> None:
+    """Add co-purchase statistics and fusion weights to a bundle (gloss-edge then re-ranks with them)."""
+    from gloss.edge.fusion import load_fusion_config
+    from gloss.export.bundle import add_fusion
+
+    with user_errors():
+        config = load_fusion_config(config_path) if config_path else None
+        out = add_fusion(bundle_dir, sequences_path, holdout=holdout, window=window, decay=decay, config=config)
+    typer.echo(str(out))
+
+
 if __name__ == "__main__":
     app()

@@ -179,3 +179,55 @@ def test_server_round_trip_on_loopback(bundle_dir: Path, example):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def fusion_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gloss.export.bundle import add_fusion
+
+    out = tmp_path_factory.mktemp("fusion") / "bundle"
+    shutil.copytree(bundle_dir, out)
+    return add_fusion(out, SEQUENCES_PATH, holdout=1)
+
+
+def test_recommend_uses_fusion_when_the_bundle_has_it(fusion_bundle: Path, example):
+    from gloss.edge.bundle import load_bundle
+
+    args = [x for asin in example.history for x in ("--item", asin)]
+    fused = invoke("recommend", fusion_bundle, "--last-item", "--json", *args)
+    assert fused.exit_code == 0, fused.output
+    bundle = load_bundle(fusion_bundle)
+    positions = [bundle.catalog.position(a) for a in example.history]
+    expected = [bundle.catalog.asins[i.position] for i in bundle.open_fusion().rank(positions, None, k=10)]
+    assert [item["asin"] for item in json.loads(fused.stdout)["items"]] == expected
+    paper = invoke("recommend", fusion_bundle, "--last-item", "--no-fusion", "--json", *args)
+    assert json.loads(paper.stdout)["items"][0]["asin"] == example.history[-1]
+
+
+def test_eval_fusion_matches_the_ranker_and_refuses_leaky_statistics(fusion_bundle: Path, tmp_path: Path):
+    from gloss.edge.bundle import load_bundle
+    from gloss.edge.metrics import rank_of
+
+    details = tmp_path / "details.jsonl"
+    result = invoke("eval", fusion_bundle, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion",
+                    "--json", "--details", details)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(fusion_bundle)
+    ranker = bundle.open_fusion()
+    examples = list(make_examples(load_sequences(SEQUENCES_PATH), Split.test, frozenset()))
+    hits = 0
+    for ex in examples:
+        ranked = ranker.rank([bundle.catalog.position(a) for a in ex.history], None, k=10)
+        rank = rank_of([bundle.catalog.asins[i.position] for i in ranked], ex.target)
+        hits += rank is not None and rank <= 5
+    assert json.loads(result.stdout)["metrics"]["all"]["recall@5"] == pytest.approx(hits / len(examples))
+    leaky = invoke("eval", fusion_bundle, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion",
+                   "--split", "validation")
+    assert leaky.exit_code == 2
+    assert "--holdout 2" in error_line(leaky)
+
+
+def test_eval_fusion_needs_statistics(bundle_dir: Path):
+    result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion")
+    assert result.exit_code == 2
+    assert "gloss-export fusion" in error_line(result)

@@ -184,3 +184,20 @@ def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
     queries = bundle.open_embedder().embed([render_item(t) for t in bundle.catalog.titles[:10]])
     positions, _ = bundle.open_index().search(queries, k=1)
     assert [bundle.catalog.titles[p] for p in positions[:, 0]] == list(bundle.catalog.titles[:10])
+
+
+def test_cli_fusion_adds_statistics_and_rejects_bad_config(embedder_dir: Path, tmp_path: Path) -> None:
+    sequences = FIXTURES / "beauty_sequences.jsonl"
+    out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir)
+    config = tmp_path / "fusion.yaml"
+    config.write_text("copurchase_weight: 5\nhistory_len: 4\n")
+    result = CliRunner().invoke(app, ["fusion", str(out), "--sequences", str(sequences), "--holdout", "1",
+                                      "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)
+    assert bundle.fusion_meta["holdout"] == 1
+    assert bundle.open_fusion().config.copurchase_weight == 5 and bundle.open_fusion().config.history_len == 4
+    config.write_text("copurchase_wieght: 5\n")
+    bad = CliRunner().invoke(app, ["fusion", str(out), "--sequences", str(sequences), "--config", str(config)])
+    assert bad.exit_code == 2 and "unknown key(s) ['copurchase_wieght']" in bad.output
+    assert load_bundle(out).fusion_meta["holdout"] == 1  # the failed call left the bundle as it was
