@@ -22,6 +22,9 @@ from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
 logger = logging.getLogger(__name__)
 
 
+TIE_SCALE = 1e5  # similarities within ~1e-5 of each other count as tied
+
+
 class SearchIndex(Protocol):
     """What retrieval needs from an index (gloss.edge.index.ItemIndex implements it)."""
 
@@ -111,8 +114,9 @@ def rank_items(
     """Merge per-query neighbour lists into one ranking.
 
     Each query contributes its ``per_query`` nearest items (after dropping seen items when asked);
-    an item's score is its highest similarity over the queries; items are ranked by that score
-    (ties keep query order), as the paper ranks by similarity rather than beam order.
+    an item's score is its highest similarity over the queries; items are ranked by that score, as the
+    paper ranks by similarity rather than beam order; scores within 1e-5 are ties and keep query (beam)
+    order, so float noise in the embedder cannot reorder exact title matches.
 
     Args:
         positions: (num_queries, depth) catalogue positions, nearest first; -1 pads.
@@ -135,7 +139,9 @@ def rank_items(
             taken += 1
             if sim > best.get(pos, -np.inf):
                 best[pos] = sim
-    ranked = sorted(best.items(), key=lambda item: -item[1])  # stable: ties keep first-seen order
+    # Similarities equal up to float noise (e.g. several exact catalogue titles, all ~1.0) are ties, and
+    # ties keep first-seen order, i.e. beam order: the more likely title ranks first, deterministically.
+    ranked = sorted(best.items(), key=lambda item: -round(item[1] * TIE_SCALE))
     return [ScoredItem(pos, float(sim)) for pos, sim in ranked[: config.k]]
 
 

@@ -14,7 +14,7 @@ def reference_ranking(queries, items, seen, config):
         order = [int(i) for i in np.argsort(-row, kind="stable") if not (config.exclude_seen and i in seen)]
         for pos in order[: config.per_query]:
             best[pos] = max(best.get(pos, -np.inf), float(row[pos]))
-    return sorted(best, key=lambda p: -best[p])[: config.k]
+    return sorted(best, key=lambda p: -round(best[p] * 1e5))[: config.k]
 
 
 @pytest.mark.parametrize("per_query", [1, 2])
@@ -46,6 +46,12 @@ def test_seen_items_are_kept_by_default_and_dropped_on_request():
     sims = np.array([[0.9, 0.8, 0.7]], dtype=np.float32)
     assert rank_items(positions, sims, [7], RetrievalConfig())[0].position == 7
     assert rank_items(positions, sims, [7], RetrievalConfig(exclude_seen=True))[0].position == 8
+
+
+def test_near_equal_similarities_keep_beam_order():
+    positions = np.array([[5], [3], [9]])
+    sims = np.array([[0.9999999], [1.0000001], [0.5]], dtype=np.float32)
+    assert [i.position for i in rank_items(positions, sims, [], RetrievalConfig())] == [5, 3, 9]
 
 
 def test_padding_positions_are_ignored():
