@@ -84,6 +84,27 @@ def load_causal_lm(source: str | Path, dtype: Any = "float32") -> tuple[Any, Any
     return model, tokenizer
 
 
+def load_tokenizer(folder: str | Path) -> Any:
+    """Load a tokenizer saved with a model or adapter, also one that transformers 5 saved for 4.x to read.
+
+    transformers 5 writes ``"tokenizer_class": "TokenizersBackend"``, a class 4.x does not have (a run
+    trained on a 5.x GPU box, merged here); the folder's ``tokenizer.json`` and special tokens then load as a
+    plain ``PreTrainedTokenizerFast`` with the same ids. Spaces before punctuation are kept on decode, as
+    transformers 5 does for byte-level BPE.
+
+    Raises:
+        InputError: If the folder holds no loadable tokenizer.
+    """
+    transformers = require("transformers", "export")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(folder)
+    except ValueError as exc:
+        if "TokenizersBackend" not in str(exc) or not (Path(folder) / "tokenizer.json").is_file():
+            raise InputError(f"{folder}: cannot load its tokenizer ({exc})") from exc
+        logger.info("%s: tokenizer saved by transformers 5; loading its tokenizer.json", folder)
+        return transformers.PreTrainedTokenizerFast.from_pretrained(folder, clean_up_tokenization_spaces=False)
+
+
 def _resolve_source(source: str | Path) -> tuple[str, str | None]:
     """Split a model source into (from_pretrained argument, gguf file name or None)."""
     path = Path(source).expanduser()
@@ -248,7 +269,7 @@ def merge_adapter(
             f"{adapter_dir}: cannot be applied to {base} ({exc}); pass the right --base-model"
         ) from exc
     if (adapter_dir / "tokenizer_config.json").is_file():  # the tokenizer training used, if the run saved it
-        tokenizer = require("transformers", "export").AutoTokenizer.from_pretrained(adapter_dir)
+        tokenizer = load_tokenizer(adapter_dir)
     _save_dir(
         merged, tokenizer, out_dir, {"adapter_dir": str(adapter_dir), "base_model": base, "dtype": dtype}
     )

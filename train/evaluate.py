@@ -44,7 +44,7 @@ def load_for_generation(run_dir_or_model: Path | str) -> LoadedGenerator:
     """
     import torch
 
-    from gloss.export.merge import load_causal_lm
+    from gloss.export.merge import load_causal_lm, load_tokenizer
 
     source = Path(run_dir_or_model)
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
@@ -59,10 +59,9 @@ def load_for_generation(run_dir_or_model: Path | str) -> LoadedGenerator:
         if not (adapter_dir / "adapter_config.json").is_file():
             raise InputError(f"{adapter_dir}: no adapter_config.json; the run did not finish")
         peft = require("peft", "train")
-        transformers = require("transformers", "train")
         model, _ = load_causal_lm(config["base_model"], dtype)
         model = peft.PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(adapter_dir)
+        tokenizer = load_tokenizer(adapter_dir)
         policy = TokenPolicy(**manifest["tokenizer"])
         max_len, data_dir = int(config["max_seq_length"]), Path(config["data_dir"])
         loaded = LoadedGenerator(model, tokenizer, policy, max_len, data_dir)
