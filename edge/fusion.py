@@ -150,11 +150,13 @@ class FusionConfig:
         num_popular: The most popular items are always candidates.
     """
 
+    # Defaults: the recipe tuned on Beauty users outside the validation set (benchmarks/quality.py);
+    # Toys chose the same except popularity_weight 0.05.
     query_weight: float = 1.0
     text_weight: float = 1.0
-    copurchase_weight: float = 1.0
-    popularity_weight: float = 0.0
-    history_len: int = 3
+    copurchase_weight: float = 10.0
+    popularity_weight: float = 0.2
+    history_len: int = 5
     history_decay: float = 0.5
     exclude_seen: bool = True
     num_neighbors: int = 100

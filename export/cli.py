@@ -10,6 +10,7 @@ import typer
 
 from gloss.edge.errors import InputError, user_errors
 from gloss.edge.logs import setup_logging
+from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -152,9 +153,9 @@ def fusion(
     sequences_path: Annotated[Path, typer.Option("--sequences", help="User sequences JSONL(.gz): user, items.")],
     holdout: Annotated[int, typer.Option(min=0, max=2, help="Items left out at the end of each sequence: 0 to "
                                          "serve, 1 to evaluate on test, 2 on validation.")] = 0,
-    window: Annotated[int, typer.Option(min=1, help="Successors counted up to this many steps ahead.")] = 5,
+    window: Annotated[int, typer.Option(min=1, help="Successors counted this many steps ahead.")] = DEFAULT_WINDOW,
     decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of a successor g steps ahead: "
-                                         "decay**(g-1).")] = 0.7,
+                                         "decay**(g-1).")] = DEFAULT_DECAY,
     config_path: Annotated[Path | None, typer.Option("--config", help="JSON or YAML of FusionConfig fields "
                                                      "(weights); default: the Beauty-tuned recipe.")] = None,
 ) -> None:
