@@ -47,9 +47,10 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    """p50 / mean / min / max."""
+    """p50 / p95 / mean / min / max."""
     return {
         "p50": statistics.median(values),
+        "p95": statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0],
         "mean": statistics.fmean(values),
         "min": min(values),
         "max": max(values),

@@ -14,6 +14,7 @@ Writes benchmarks/results/retrieval.json and retrieval.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import random
@@ -54,13 +55,16 @@ def synthetic_queries(examples, catalog, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def run_dataset(name: str, data_root: Path, work_dir: Path, speed: bool) -> dict:
+def run_dataset(name: str, data_root: Path, work_dir: Path, speed: bool, speed_only: bool = False) -> dict:
     data_dir = data_root / "amazon2014" / name
     bundle_dir, build_seconds = ensure_bundle(data_dir, work_dir / "bundles" / name, name)
     bundle = load_bundle(bundle_dir)
     embedder, index, catalog = bundle.open_embedder(), bundle.open_index(), bundle.catalog
     power = POWER_MIN[name]
     out: dict = {"bundle_build_seconds": build_seconds, "num_items": len(catalog)}
+    if speed_only:
+        examples = list(make_examples(load_sequences(data_dir / "sequences.jsonl.gz"), Split.test, frozenset()))
+        return {**out, **time_queries_file(examples, catalog, embedder, index, power, work_dir, name)}
 
     queries_path = data_root / "gloss_queries" / f"{name}_validation_llama-3.2-1b.jsonl.gz"
     cases = cases_from_queries_file(queries_path, catalog)
@@ -79,15 +83,19 @@ def run_dataset(name: str, data_root: Path, work_dir: Path, speed: bool) -> dict
 
     if not speed:
         return out
+    return {**out, **time_queries_file(examples, catalog, embedder, index, power, work_dir, name)}
+
+
+def time_queries_file(examples, catalog, embedder, index, power: int, work_dir: Path, name: str) -> dict:
+    """Time a full test-split eval of a queries file with 5 distinct, non-catalogue titles per user."""
     synthetic = synthetic_queries(examples, catalog, work_dir / f"{name}_synthetic_test_queries.jsonl.gz")
     start = time.perf_counter()
     report = evaluate(cases_from_queries_file(synthetic, catalog), catalog, embedder, index,
                       RetrievalConfig(k=10), source="synthetic", power_min=power)
-    out["speed_test_split_queries_file"] = {
+    return {"speed_test_split_queries_file": {
         "users": len(examples), "queries": 5 * len(examples),
         "seconds_total": time.perf_counter() - start, "seconds_rank": report.seconds,
-    }
-    return out
+    }}
 
 
 def to_markdown(results: dict, command: str) -> str:
@@ -126,11 +134,20 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--datasets", default="beauty,toys,sports")
     parser.add_argument("--speed-datasets", default="beauty", help="Where to time a full test-split file.")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="Only time the --speed-datasets and write retrieval_speed.json.")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     setup_logging()
     results = {"machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} cores",
                "datasets": {}}
+    if args.speed_only:
+        for name in args.speed_datasets.split(","):
+            results["datasets"][name] = run_dataset(name, args.data_root, args.work_dir, True, speed_only=True)
+        results["command"] = f"python benchmarks/retrieval.py --speed-only --speed-datasets {args.speed_datasets}"
+        write_json_atomic(args.results_dir / "retrieval_speed.json", results)
+        print(json.dumps(results, indent=2))
+        return
     for name in args.datasets.split(","):
         logger.info("dataset %s", name)
         results["datasets"][name] = run_dataset(
