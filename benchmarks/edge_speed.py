@@ -19,9 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.files import read_jsonl, write_json_atomic
+from gloss.edge.catalog import load_catalog
+from gloss.edge.files import write_json_atomic
 from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
-from gloss.edge.prompt import clean_title
+from gloss.edge.splits import Split, load_sequences, make_examples
 
 logger = logging.getLogger("benchmarks.edge_speed")
 RESULTS = Path(__file__).parent / "results" / "edge_speed.json"
@@ -29,14 +30,9 @@ RESULTS = Path(__file__).parent / "results" / "edge_speed.json"
 
 def load_histories(data_dir: Path, num_prompts: int) -> list[list[str]]:
     """Test-split histories (titles, oldest first) of the first users with >= 4 items."""
-    titles = {row["asin"]: clean_title(row["title"]) for row in read_jsonl(data_dir / "items.jsonl.gz")}
-    out = []
-    for row in read_jsonl(data_dir / "sequences.jsonl.gz"):
-        if len(row["items"]) >= 4:
-            out.append([titles[a] for a in row["items"][:-1]])
-        if len(out) == num_prompts:
-            break
-    return out
+    catalog = load_catalog(data_dir / "items.jsonl.gz")
+    examples = make_examples(load_sequences(data_dir / "sequences.jsonl.gz"), Split.test, frozenset())
+    return [catalog.titles_of(ex.history) for ex in examples if len(ex.history) >= 3][:num_prompts]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

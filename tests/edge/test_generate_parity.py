@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from gloss.edge.beam import Beams, log_softmax, run_beam_search
-from gloss.edge.files import read_jsonl
+from gloss.edge.catalog import load_catalog
 from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
-from gloss.edge.prompt import build_prompt, clean_title
+from gloss.edge.prompt import build_prompt
+from gloss.edge.splits import Split, load_sequences, make_examples
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +26,9 @@ def beauty_histories(num_users: int) -> list[list[str]]:
     """Test-split histories (all but the last item) of the first users with >= 4 items, as titles."""
     if not BEAUTY_DIR.is_dir():
         pytest.skip(f"no Beauty data at {BEAUTY_DIR}")
-    titles = {row["asin"]: clean_title(row["title"]) for row in read_jsonl(BEAUTY_DIR / "items.jsonl.gz")}
-    out = []
-    for row in read_jsonl(BEAUTY_DIR / "sequences.jsonl.gz"):
-        if len(row["items"]) >= 4:
-            out.append([titles[a] for a in row["items"][:-1]])
-        if len(out) == num_users:
-            return out
-    return out
+    catalog = load_catalog(BEAUTY_DIR / "items.jsonl.gz")
+    examples = make_examples(load_sequences(BEAUTY_DIR / "sequences.jsonl.gz"), Split.test, frozenset())
+    return [catalog.titles_of(ex.history) for ex in examples if len(ex.history) >= 3][:num_users]
 
 
 def write_f32_copy(src: Path, dst: Path) -> Path:
