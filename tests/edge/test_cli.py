@@ -231,3 +231,21 @@ def test_eval_fusion_needs_statistics(bundle_dir: Path):
     result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion")
     assert result.exit_code == 2
     assert "gloss-export fusion" in error_line(result)
+
+
+@pytest.mark.slow
+def test_bundle_generator_end_to_end(bundle_dir: Path, smollm2_gguf_path: Path, tmp_path: Path, example):
+    """The real SmolLM2 GGUF in a bundle: recommend writes 5 beams' titles, eval --source bundle scores users."""
+    from gloss.export.bundle import add_generator
+
+    out = tmp_path / "llm"
+    shutil.copytree(bundle_dir, out)
+    add_generator(out, smollm2_gguf_path)
+    result = invoke("recommend", out, "--json", "-k", "3", *[x for a in example.history for x in ("--item", a)])
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.stdout)
+    assert len(reply["queries"]) == 5 and all(q.startswith("Title: ") for q in reply["queries"])
+    assert 1 <= len(reply["items"]) <= 3
+    report = invoke("eval", out, "--source", "bundle", "--sequences", SEQUENCES_PATH, "--max-users", "2", "--json")
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.stdout)["metrics"]["all"]["users"] == 2
