@@ -18,6 +18,7 @@ from typing import Any
 
 from gloss.edge.errors import InputError, require
 from gloss.edge.files import write_json_atomic
+from gloss.edge.gguf_header import read_gguf_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def default_base_gguf() -> Path:
 def load_causal_lm(source: str | Path, dtype: Any = "float32") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer, unquantized, from a HF folder, a hub id or a ``.gguf`` file.
 
-    A GGUF file is dequantized by transformers (``from_pretrained(dir, gguf_file=name)``). Note that the
-    tokenizer transformers rebuilds from a GGUF adds a BOS token that the original tokenizer may not.
+    A GGUF file is dequantized by transformers (``from_pretrained(dir, gguf_file=name)``); the tokenizer it
+    rebuilds is given the file's own BOS/EOS/pad ids and BOS rule (:func:`align_tokenizer_with_gguf`).
 
     Args:
         source: Local HF model folder, hub id (``org/name``), a ``.gguf`` file, or a folder holding exactly
@@ -79,9 +80,31 @@ def load_causal_lm(source: str | Path, dtype: Any = "float32") -> tuple[Any, Any
         ) from exc
     if gguf_file:
         model = _plain_copy(model, transformers)
+        align_tokenizer_with_gguf(tokenizer, Path(folder) / gguf_file)
     model.eval()
     logger.info("loaded %s (%s, %s)", source, type(model).__name__, torch_dtype)
     return model, tokenizer
+
+
+def align_tokenizer_with_gguf(tokenizer: Any, path: Path) -> None:
+    """Give a tokenizer rebuilt from a GGUF the GGUF's own BOS/EOS/pad ids and BOS rule.
+
+    transformers 4.57 rebuilds SmolLM2's GGUF tokenizer with EOS = ``<|im_start|>`` (id 1) and a BOS
+    prepended, while the file says EOS = ``<|im_end|>`` (2), pad = 2, ``add_bos_token`` = false, which is
+    what llama.cpp (the edge runtime) follows. Training must end completions with the EOS llama.cpp stops
+    on, and a merged model's GGUF must say the same.
+    """
+    metadata = read_gguf_metadata(Path(path), max_array=0)
+    keys = (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"))
+    for attr, key in keys:
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if token_id is not None:
+            setattr(tokenizer, attr, tokenizer.convert_ids_to_tokens(int(token_id)))
+    add_bos = metadata.get("tokenizer.ggml.add_bos_token")
+    if add_bos is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)
+    logger.info("tokenizer aligned with %s: bos %s eos %s pad %s add_bos %s", Path(path).name,
+                tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, add_bos)
 
 
 def load_tokenizer(folder: str | Path) -> Any:
@@ -188,11 +211,16 @@ def _base_names(name: str) -> set[str]:
     return {n.lower() for n in names if n}
 
 
-def _check_base_name(adapter_base: str | None, base_model: str) -> None:
-    """Refuse an explicit base model whose name differs from the one the adapter was trained on."""
-    if adapter_base and not _base_names(adapter_base) & _base_names(base_model):
+def _check_base_name(recorded: list[str | None], base_model: str) -> None:
+    """Refuse an explicit base model whose name matches none recorded for the adapter.
+
+    A run records its base twice: as given to gloss-train (the manifest; a ``.gguf`` file, say) and as PEFT
+    saw it (the adapter config; for a 4-bit run from a GGUF, the run's own ``base-hf`` folder).
+    """
+    names = [name for name in recorded if name]
+    if names and not any(_base_names(name) & _base_names(base_model) for name in names):
         raise InputError(
-            f"the adapter was trained on base model '{adapter_base}', not '{base_model}'; "
+            f"the adapter was trained on base model '{names[0]}', not '{base_model}'; "
             "pass the same --base-model that gloss-train used"
         )
 
@@ -254,9 +282,10 @@ def merge_adapter(
     _check_out_dir(out_dir)
     adapter_config = _read_adapter_config(adapter_dir)
     adapter_base = adapter_config.get("base_model_name_or_path")
+    manifest_base = _manifest_base(adapter_dir)
     if base_model is not None:
-        _check_base_name(adapter_base, str(base_model))
-    base = str(base_model or _manifest_base(adapter_dir) or adapter_base or "")
+        _check_base_name([manifest_base, adapter_base], str(base_model))
+    base = str(base_model or manifest_base or adapter_base or "")
     if not base:
         raise InputError(f"{adapter_dir}: the adapter does not name its base model; pass --base-model")
     peft = require("peft", "export")

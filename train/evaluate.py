@@ -17,7 +17,7 @@ from gloss.edge.logs import progress_enabled
 from gloss.edge.prompt import build_prompt, fit_history, parse_generated, render_item
 from gloss.edge.splits import Split
 from gloss.train.data import MANIFEST_NAME
-from gloss.train.model import TokenPolicy, align_tokenizer_with_gguf, token_policy
+from gloss.train.model import TokenPolicy, token_policy
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ def load_for_generation(run_dir_or_model: Path | str) -> LoadedGenerator:
         loaded = LoadedGenerator(model, tokenizer, policy, max_len, data_dir)
     else:
         model, tokenizer = load_causal_lm(str(run_dir_or_model), dtype)
-        align_tokenizer_with_gguf(tokenizer, str(run_dir_or_model))
         loaded = LoadedGenerator(model, tokenizer, token_policy(tokenizer), DEFAULT_MAX_SEQ_LENGTH, None)
     loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     loaded.stop_ids = tuple(sorted({loaded.policy.eos_token_id, *newline_token_ids(loaded.tokenizer)}))

@@ -97,34 +97,6 @@ def gguf_path(source: str) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def align_tokenizer_with_gguf(tokenizer: Any, source: str) -> None:
-    """Give a tokenizer rebuilt from a GGUF the GGUF's own BOS/EOS/pad ids and BOS rule.
-
-    transformers 4.57 rebuilds SmolLM2's GGUF tokenizer with EOS = ``<|im_start|>`` (id 1) and a BOS
-    prepended, while the file says EOS = ``<|im_end|>`` (2), pad = 2, ``add_bos_token`` = false, which is
-    what llama.cpp (the edge runtime) follows. Training must end completions with the EOS llama.cpp stops on.
-    """
-    path = gguf_path(source)
-    if path is None:
-        return
-    reader = require("gguf", "export").GGUFReader(str(path))
-
-    def scalar(key: str) -> Any:
-        field = reader.fields.get(key)
-        return None if field is None else field.parts[field.data[0]].tolist()[0]
-
-    keys = (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"))
-    for attr, key in keys:
-        token_id = scalar(f"tokenizer.ggml.{key}")
-        if token_id is not None:
-            setattr(tokenizer, attr, tokenizer.convert_ids_to_tokens(int(token_id)))
-    add_bos = scalar("tokenizer.ggml.add_bos_token")
-    if add_bos is not None and hasattr(tokenizer, "add_bos_token"):
-        tokenizer.add_bos_token = bool(add_bos)
-    logger.info("tokenizer aligned with %s: bos %s eos %s pad %s add_bos %s", path.name,
-                tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, add_bos)
-
-
 def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
     """Load the (optionally NF4-quantized) base model and its tokenizer for training.
 
@@ -145,9 +117,7 @@ def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
 
     compute_dtype = torch.bfloat16 if use_bf16(config) else torch.float32
     if not config.load_in_4bit:
-        model, tokenizer = load_causal_lm(source, compute_dtype)  # Trainer moves it to this process's device
-        align_tokenizer_with_gguf(tokenizer, source)
-        return model, tokenizer
+        return load_causal_lm(source, compute_dtype)  # Trainer moves it to this process's device
     require("bitsandbytes", "train")
     transformers = require("transformers", "train")
     if gguf_path(source) is not None:
@@ -179,8 +149,7 @@ def _gguf_as_hf_dir(source: str, hf_dir: Path, dtype: Any) -> Path:
     if marker.is_file() and marker.read_text(encoding="utf-8") == str(Path(source).resolve()):
         return hf_dir
     logger.info("writing %s as a HF folder in %s (needed for 4-bit loading)", source, hf_dir)
-    model, tokenizer = load_causal_lm(source, dtype)
-    align_tokenizer_with_gguf(tokenizer, source)
+    model, tokenizer = load_causal_lm(source, dtype)  # tokenizer aligned with the GGUF's BOS/EOS rule
     model.save_pretrained(hf_dir, safe_serialization=True)
     tokenizer.save_pretrained(hf_dir)
     marker.write_text(str(Path(source).resolve()), encoding="utf-8")

@@ -22,12 +22,11 @@ def make_smoke_gguf(out_path: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from gloss.export.gguf import write_gguf
-    from gloss.export.merge import default_base_gguf
-    from gloss.train.model import align_tokenizer_with_gguf
+    from gloss.export.merge import align_tokenizer_with_gguf, default_base_gguf
 
     base = default_base_gguf()
     tokenizer = AutoTokenizer.from_pretrained(base.parent, gguf_file=base.name)
-    align_tokenizer_with_gguf(tokenizer, str(base))
+    align_tokenizer_with_gguf(tokenizer, base)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

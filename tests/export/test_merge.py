@@ -134,6 +134,21 @@ def test_merge_rejects_adapter_for_other_base(other_base_adapter: Path, adapter,
     assert not (tmp_path / "merged").exists()
 
 
+def test_merge_accepts_the_base_the_run_manifest_names(adapter, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A 4-bit run from a GGUF: PEFT records the run's base-hf folder, the manifest the GGUF given to train."""
+    adapter_dir, _ = adapter
+    run = tmp_path / "run"
+    shutil.copytree(adapter_dir, run / "adapter")
+    config_path = run / "adapter" / "adapter_config.json"
+    config_path.write_text(
+        json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": str(run / "base-hf")})
+    )
+    (run / "gloss_manifest.json").write_text(json.dumps({"config": {"base_model": str(tiny_llama_dir)}}))
+    assert merge_adapter(run, tmp_path / "merged", base_model=tiny_llama_dir).is_dir()
+    with pytest.raises(InputError, match=f"trained on base model '{tiny_llama_dir}', not 'HuggingFaceTB/x'"):
+        merge_adapter(run, tmp_path / "merged2", base_model="HuggingFaceTB/x")
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
@@ -166,7 +181,7 @@ def test_merge_onto_gguf_base(smollm2_gguf_path: Path, tmp_path: Path) -> None:
     reference = logits(peft_model.eval(), ids)
     out = merge_adapter(tmp_path / "adapter", tmp_path / "merged", base_model=smollm2_gguf_path)
     merged, merged_tokenizer = load_causal_lm(out, "float32")
-    assert merged_tokenizer(build_prompt(TITLES)).input_ids == ids  # same tokenizer, BOS included
+    assert merged_tokenizer(build_prompt(TITLES)).input_ids == ids  # same tokenizer and BOS rule
     diff = (logits(merged, ids) - reference).abs().max().item()
     print(f"SmolLM2 merged vs base+adapter: max abs logit diff {diff:.2e}")
     assert diff < 1e-5 * max(1.0, reference.abs().max().item())

@@ -12,7 +12,8 @@ def test_gguf_tokenizer_gets_the_files_eos_and_bos_rule(smollm2_tokenizer_dir, s
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from gloss.train.model import align_tokenizer_with_gguf, token_policy
+    from gloss.export.merge import align_tokenizer_with_gguf
+    from gloss.train.model import token_policy
 
     fields = GGUFReader(str(smollm2_gguf_path)).fields
 
@@ -20,7 +21,7 @@ def test_gguf_tokenizer_gets_the_files_eos_and_bos_rule(smollm2_tokenizer_dir, s
         return fields[key].parts[fields[key].data[0]].tolist()[0]
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    align_tokenizer_with_gguf(tokenizer, str(smollm2_gguf_path))
+    align_tokenizer_with_gguf(tokenizer, smollm2_gguf_path)
     policy = token_policy(tokenizer)
     assert policy.eos_token_id == value("tokenizer.ggml.eos_token_id")
     assert policy.bos_token_id == value("tokenizer.ggml.bos_token_id")
