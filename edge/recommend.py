@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -145,6 +145,24 @@ def rank_items(
     return [ScoredItem(pos, float(sim)) for pos, sim in ranked[: config.k]]
 
 
+def fill_ranking(
+    ranked: list[ScoredItem], positions: np.ndarray, similarities: np.ndarray, seen: Sequence[int],
+    config: RetrievalConfig,
+) -> list[ScoredItem]:
+    """Extend a paper-rule ranking to ``config.k`` items with the queries' next neighbours.
+
+    The paper's rule gives one item per distinct generated title, so at most 5 items, and fewer when beams
+    retrieve the same item. A caller that asks for ``k`` items gets the paper's items first, then the best
+    remaining neighbours of all queries (``rank_items`` with ``per_query = k``) in similarity order.
+    ``positions`` must hold at least ``search_depth(replace(config, per_query=config.k), ...)`` columns.
+    """
+    if len(ranked) >= config.k:
+        return ranked
+    taken = {item.position for item in ranked}
+    more = rank_items(positions, similarities, seen, replace(config, per_query=config.k))
+    return ranked + [item for item in more if item.position not in taken][: config.k - len(ranked)]
+
+
 @dataclass(frozen=True)
 class RecommendedItem:
     """One recommendation: catalogue id, title and similarity to the best-matching query."""
@@ -245,9 +263,10 @@ class Recommender:
             vectors = embed_queries(queries, self.embedder, self.index, self._known) if queries else None
             return self._items(self.fusion.rank(seen, vectors, k=k), queries)
         config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude_seen)
-        depth = min(len(self.index), search_depth(config, len(set(seen))))
+        depth = min(len(self.index), search_depth(replace(config, per_query=k), len(set(seen))))
         positions, sims = self.index.search(embed_queries(queries, self.embedder, self.index, self._known), depth)
-        return self._items(rank_items(positions, sims, seen, config), queries)
+        ranked = rank_items(positions, sims, seen, config)
+        return self._items(fill_ranking(ranked, positions, sims, seen, config), queries)
 
     def _items(self, ranked: Sequence[ScoredItem], queries: list[str]) -> Recommendation:
         items = [RecommendedItem(self.catalog.asins[i.position], self.catalog.titles[i.position], i.score)

@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from gloss.edge.errors import InputError
-from gloss.edge.recommend import RetrievalConfig, query_text, rank_items, search_depth
+from gloss.edge.recommend import RetrievalConfig, fill_ranking, query_text, rank_items, search_depth
 from tests.fakes import BruteForceIndex
 
 
@@ -32,6 +34,26 @@ def test_rank_items_matches_full_matrix_reference(per_query, exclude_seen):
         positions, sims = index.search(queries, search_depth(config, len(seen)))
         got = [item.position for item in rank_items(positions, sims, seen, config)]
         assert got == reference_ranking(queries, items, set(seen), config), trial
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_fill_ranking_puts_paper_items_first_then_the_next_neighbours(exclude_seen):
+    rng = np.random.default_rng(5)
+    items = rng.standard_normal((200, 16)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    config = RetrievalConfig(k=10, per_query=1, exclude_seen=exclude_seen)
+    for trial in range(20):
+        base = items[rng.choice(200, 2)]  # 5 beams that are near-copies of 2 titles: at most 2 paper items
+        queries = base[[0, 0, 1, 0, 1]] + 0.01 * rng.standard_normal((5, 16)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        seen = [int(s) for s in rng.choice(200, 8, replace=False)]
+        positions, sims = BruteForceIndex(items).search(queries, search_depth(replace(config, per_query=10), 8))
+        paper = reference_ranking(queries, items, set(seen), config)
+        deep = reference_ranking(queries, items, set(seen), replace(config, per_query=10))
+        ranked = rank_items(positions, sims, seen, config)
+        got = [i.position for i in fill_ranking(ranked, positions, sims, seen, config)]
+        assert got == (paper + [p for p in deep if p not in paper])[:10], trial
+        assert len(paper) < 10 and len(got) == 10 and len(set(got)) == 10
 
 
 def test_duplicate_queries_keep_one_item_with_its_best_score():
