@@ -62,6 +62,8 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the validation-user sample.")] = DEFAULT_SEED,
     out_path: Annotated[Path | None, typer.Option("--out", help="Also write the JSON report here.")] = None,
     details_path: Annotated[Path | None, typer.Option("--details", help="Per-user ranks (JSONL).")] = None,
+    save_queries: Annotated[Path | None, typer.Option("--save-queries", help="Write each user's queries as a "
+                                                      "queries file (e.g. what the bundle's LLM wrote).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
     """Score a query source on a bundle: Recall@5/10, NDCG@5/10, MRR, per user segment."""
@@ -77,7 +79,7 @@ def eval_command(
         )
         power = power_min if power_min is not None else POWER_MIN.get(bundle.name, POWER_MIN_DEFAULT)
         report = evaluate(cases, bundle.catalog, bundle.open_embedder(), index, config,
-                          source=source.value, power_min=power, details_path=details_path,
+                          source=source.value, power_min=power, details_path=details_path, queries_path=save_queries,
                           fusion=bundle.open_fusion(index) if fusion else None)
         if out_path is not None:
             write_json_atomic(out_path, report.to_dict())

@@ -175,6 +175,7 @@ def evaluate(
     details_path: Path | None = None,
     show_progress: bool | None = None,
     fusion: FusionRanker | None = None,
+    queries_path: Path | None = None,
 ) -> EvalReport:
     """Score cases with Recall@k, NDCG@k, MRR overall and per user segment.
 
@@ -189,6 +190,8 @@ def evaluate(
         details_path: If set, write one JSONL row per user (ranked ids, rank of the target).
         show_progress: Progress bar; None follows the log level.
         fusion: Rank with this fusion re-ranker instead of the paper's rule.
+        queries_path: If set, write each user's queries as a queries file (``--queries`` reads it back),
+            e.g. to keep what the bundle's LLM generated.
 
     Returns:
         The report; segments count interactions as ``len(history) + 1``.
@@ -197,6 +200,7 @@ def evaluate(
     ranks: list[int | None] = []
     lengths: list[int] = []
     details: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
     for case, ranked in rank_cases(cases, catalog, embedder, index, config, show_progress, fusion):
         ids = [catalog.asins[p] for p in ranked]
         rank = rank_of(ids, case.target)
@@ -204,11 +208,16 @@ def evaluate(
         lengths.append(len(case.history) + 1)
         if details_path is not None:
             details.append({"user": case.user, "target": case.target, "rank": rank, "ranked": ids})
+        if queries_path is not None:
+            kept.append({"user": case.user, "history": list(case.history), "target": case.target,
+                         "queries": list(case.queries)})  # fmt: skip
     if not ranks:
         raise InputError("no users to evaluate")
     seconds = time.perf_counter() - start
     if details_path is not None:
         write_jsonl_atomic(details_path, details)
+    if queries_path is not None:
+        write_jsonl_atomic(queries_path, kept)
     metrics = summarize(ranks, lengths, power_min=power_min)
     logger.info("evaluated %d users in %.1f s", len(ranks), seconds)
     rule = {"rule": "fusion", "fusion": fusion.config.to_dict()} if fusion is not None else {"rule": "paper"}
