@@ -132,7 +132,8 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--num-threads", type=int, default=None)
-    parser.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="Force BOS on/off (default: the GGUF's own rule, as the edge runtime does).")
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
