@@ -9,7 +9,8 @@ recommended items, not only on the averages.
 Usage::
 
     python benchmarks/gpu/report.py --work benchmarks/.work/gpu-beauty --hf-queries DEVICE/queries_validation.jsonl.gz \
-        --edge-queries benchmarks/.work/gpu-beauty/eval/bundle_queries_validation.jsonl.gz --run-log DEVICE/run.log
+        --edge-queries benchmarks/.work/gpu-beauty/eval/bundle_queries_validation.jsonl.gz --run-log DEVICE/run.log \
+        [--hf-test-queries DEVICE/queries_test.jsonl.gz --edge-test-queries .../bundle_queries_test_first.jsonl.gz]
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--hf-queries", type=Path, required=True)
     parser.add_argument("--edge-queries", type=Path, required=True)
     parser.add_argument("--run-log", type=Path, required=True)
+    parser.add_argument("--hf-test-queries", type=Path, help="the device's test queries (optional)")
+    parser.add_argument("--edge-test-queries", type=Path, help="llama.cpp beams of (some of) those test users")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_beauty")
     parser.add_argument("--paper-queries", type=Path,
                         default=Path("/work/shared/data/gloss_queries/beauty_validation_llama-3.2-1b.jsonl.gz"))
@@ -114,6 +117,8 @@ def main() -> None:
         "queries": query_agreement(args.hf_queries, args.edge_queries),
         "items_paper_rule": item_agreement(args.work / "bundle", args.hf_queries, args.edge_queries, False),
         "items_seen_removed": item_agreement(args.work / "bundle", args.hf_queries, args.edge_queries, True),
+        "test_queries": (query_agreement(args.hf_test_queries, args.edge_test_queries)
+                         if args.hf_test_queries and args.edge_test_queries else None),
         "same_context_512": [{k: r[k] for k in ("gguf", "users", "same_best_query", "mean_shared_queries")}
                              for r in compare["reports"]],
     }
@@ -186,6 +191,10 @@ def render(result: dict) -> str:
               "| agreement | value |", "|---|---|"]
     lines.append(f"| same best query (n_ctx 1024 on the edge) | {ag['queries']['same_best_query']:.3f} |")
     lines.append(f"| share of the 5 queries in common | {ag['queries']['mean_shared_queries']:.3f} |")
+    if ag.get("test_queries"):
+        t = ag["test_queries"]
+        lines.append(f"| test, first {t['users']} users: same best query / share of queries in common | "
+                     f"{t['same_best_query']:.3f} / {t['mean_shared_queries']:.3f} |")
     for key, label in (("items_paper_rule", "paper rule"), ("items_seen_removed", "seen items removed")):
         lines.append(f"| same top-1 item, {label} | {ag[key]['same_top1_item']:.3f} |")
         lines.append(f"| top-5 items, Jaccard overlap, {label} | {ag[key]['mean_top5_jaccard']:.3f} |")
