@@ -248,6 +248,7 @@ class LlamaCppGenerator:
                 f"{exc} (--n-ctx {self.config.n_ctx} minus --max-new-tokens {self.config.max_new_tokens}); "
                 "raise --n-ctx or shorten the titles"
             ) from exc
+        self.last_items_kept = len(kept)  # read by Recommender to tell the user about a cut history
         if len(kept) < len(history):
             logger.debug("history cut from %d to %d items to fit %d tokens", len(history), len(kept), budget)
         return self.tokenize(build_prompt(kept))

@@ -248,7 +248,12 @@ class Recommender:
         titles = self.catalog.titles_of(history)
         if self.generator is None:
             return ([] if self.fusion else [render_item(titles[-1])]), 0
-        return [query_text(g.title) for g in self.generator.generate(titles)], 1
+        queries = [query_text(g.title) for g in self.generator.generate(titles)]
+        kept = getattr(self.generator, "last_items_kept", len(titles))
+        if kept < len(titles):
+            logger.warning("history of %d items: the prompt keeps the newest %d (the model's context is full)",
+                           len(titles), kept)
+        return queries, 1
 
     def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False) -> Recommendation:
         """Recommend ``k`` items for a history given as catalogue ids or titles, oldest first.

@@ -144,3 +144,21 @@ def test_catalogue_titles_reuse_index_vectors_instead_of_embedding(world):
     report = evaluate(cases, catalog, embedder, index, RetrievalConfig(per_query=10), source="last")
     assert embedder.calls == []
     assert report.metrics["all"]["users"] == len(examples)
+
+
+def test_recommender_warns_when_the_prompt_drops_old_items(world, caplog):
+    from gloss.edge.recommend import Recommender
+
+    catalog, embedder, index, _ = world
+    history = list(catalog.asins[:40])
+    generator = ScriptedGenerator([catalog.titles[50]] * 5, [catalog.titles[51]] * 5)
+    recommender = Recommender(catalog, embedder, index, generator=generator)
+    generator.last_items_kept = 12  # what LlamaCppGenerator records after fitting the context
+    with caplog.at_level("WARNING", logger="gloss.edge.recommend"):
+        items = recommender.recommend(history, k=10).items
+    assert "history of 40 items: the prompt keeps the newest 12" in caplog.text
+    assert len(items) == 10 and items[0].asin == catalog.asins[50]
+    caplog.clear()
+    generator.last_items_kept = 40
+    recommender.recommend(history, k=3)
+    assert "keeps the newest" not in caplog.text
