@@ -68,7 +68,7 @@ def load_causal_lm(source: str | Path, dtype: Any = "float32") -> tuple[Any, Any
     torch = require("torch", "export")
     transformers = require("transformers", "export")
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    folder, gguf_file = _resolve_source(source)
+    folder, gguf_file = resolve_model_source(source)
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
@@ -128,8 +128,14 @@ def load_tokenizer(folder: str | Path) -> Any:
         return transformers.PreTrainedTokenizerFast.from_pretrained(folder, clean_up_tokenization_spaces=False)
 
 
-def _resolve_source(source: str | Path) -> tuple[str, str | None]:
-    """Split a model source into (from_pretrained argument, gguf file name or None)."""
+def resolve_model_source(source: str | Path) -> tuple[str, str | None]:
+    """Split a model source into (from_pretrained argument, gguf file name or None).
+
+    A ``.gguf`` file, or a folder holding exactly one ``.gguf`` and no ``config.json``, is a GGUF source.
+
+    Raises:
+        InputError: If a local path does not exist.
+    """
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -88,15 +88,6 @@ def use_bf16(config: TrainConfig) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def gguf_path(source: str) -> Path | None:
-    """The ``.gguf`` file of a model source, or None for a HF folder / hub id."""
-    path = Path(source)
-    if path.suffix == ".gguf":
-        return path
-    found = sorted(path.glob("*.gguf")) if path.is_dir() and not (path / "config.json").is_file() else []
-    return found[0] if len(found) == 1 else None
-
-
 def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
     """Load the (optionally NF4-quantized) base model and its tokenizer for training.
 
@@ -113,14 +104,14 @@ def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
     """
     import torch
 
-    from gloss.export.merge import load_causal_lm
+    from gloss.export.merge import load_causal_lm, resolve_model_source
 
     compute_dtype = torch.bfloat16 if use_bf16(config) else torch.float32
     if not config.load_in_4bit:
         return load_causal_lm(source, compute_dtype)  # Trainer moves it to this process's device
     require("bitsandbytes", "train")
     transformers = require("transformers", "train")
-    if gguf_path(source) is not None:
+    if resolve_model_source(source)[1] is not None:  # bitsandbytes quantizes HF weights, not GGUF
         source = str(_gguf_as_hf_dir(source, config.out_dir / "base-hf", compute_dtype))
     quant = transformers.BitsAndBytesConfig(
         load_in_4bit=True,
