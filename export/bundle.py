@@ -100,9 +100,9 @@ def build_bundle(
     if gguf_path is not None and adapter is not None:
         raise InputError("give either a generator GGUF or an adapter, not both")
     if adapter is not None:
-        from gloss.export.generator import resolve_adapter
+        from gloss.export.generator import build_generator_gguf, resolve_adapter
 
-        resolve_adapter(adapter)  # fail before the slow steps
+        source = resolve_adapter(adapter)  # fail before the slow steps
     if embedder_dir is not None:
         OnnxEmbedder.load(Path(embedder_dir))
     if gguf_path is not None:
@@ -136,9 +136,7 @@ def build_bundle(
             _copy_generator(tmp, Path(gguf_path))
             sections["generator"] = _generator_section(Path(gguf_path), generator_meta)
         elif adapter is not None:
-            from gloss.export.generator import build_generator_gguf
-
-            meta = build_generator_gguf(adapter, tmp / GENERATOR_FILE, method=method, work_dir=tmp)
+            meta = build_generator_gguf(source, tmp / GENERATOR_FILE, method=method, work_dir=tmp)
             meta = {**meta, **(generator_meta or {}), "source": Path(str(adapter)).name}
             sections["generator"] = _generator_section(tmp / GENERATOR_FILE, meta)
         write_manifest(tmp, sections)

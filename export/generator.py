@@ -75,12 +75,12 @@ def _shipped_source(name: str) -> AdapterSource:
 
 
 def build_generator_gguf(
-    adapter: str | Path, out_path: Path, method: str = "Q8_0", work_dir: Path | None = None
+    source: AdapterSource, out_path: Path, method: str = "Q8_0", work_dir: Path | None = None
 ) -> dict[str, Any]:
     """Merge an adapter into its base, write an f16 GGUF and quantize it to ``out_path``.
 
     Args:
-        adapter: A shipped adapter's name, a gloss-train run folder or a PEFT adapter folder.
+        source: The adapter, from :func:`resolve_adapter`.
         out_path: The quantized GGUF to write (atomically).
         method: llama.cpp quantization type (``gloss.export.quantize.FTYPES``); ``F16`` keeps f16.
         work_dir: Where the merged model and the f16 GGUF go (deleted afterwards); default: beside out_path.
@@ -92,7 +92,6 @@ def build_generator_gguf(
     from gloss.export.merge import merge_adapter
     from gloss.export.quantize import quantize_gguf
 
-    source = resolve_adapter(adapter)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".gloss-generator-", dir=work_dir or out_path.parent) as tmp:
@@ -100,5 +99,5 @@ def build_generator_gguf(
         f16 = write_gguf(merged, Path(tmp) / "model-f16.gguf", dtype="f16")
         base = json.loads((merged / "gloss_manifest.json").read_text(encoding="utf-8"))["config"]["base_model"]
         quantize_gguf(f16, out_path, method=method)  # type: ignore[arg-type]
-    logger.info("generator %s from adapter %s (%s)", out_path, adapter, method)
+    logger.info("generator %s from adapter %s (%s)", out_path, source.adapter_dir, method)
     return {**source.meta, "base_model": Path(base).name, "fine_tuned": True, "quantization": method}
