@@ -23,6 +23,12 @@ from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
 from gloss.edge.recommend import query_text
 
 
+def query_overlap(got: list[str], want: list[str]) -> tuple[bool, float]:
+    """Whether two query lists start with the same title, and the share of ``want``'s distinct titles in ``got``."""
+    got, want = [query_text(q) for q in got], [query_text(q) for q in want]
+    return got[:1] == want[:1], len(set(got) & set(want)) / max(len(set(want)), 1)
+
+
 def compare(queries_path: Path, catalog_path: Path, gguf: Path, n_ctx: int, max_users: int) -> dict:
     """Agreement of one GGUF's llama.cpp beams with the queries file's beams on its first users."""
     catalog = load_catalog(catalog_path)
@@ -33,8 +39,9 @@ def compare(queries_path: Path, catalog_path: Path, gguf: Path, n_ctx: int, max_
     for row in rows:
         got = [query_text(g.title) for g in generator.generate(catalog.titles_of(row["history"]))]
         want = [query_text(q) for q in row["queries"]]
-        same_top += got[:1] == want[:1]
-        shared += len(set(got) & set(want)) / max(len(want), 1)
+        same, share = query_overlap(got, want)
+        same_top += same
+        shared += share
         examples.append({"user": row["user"], "hf": want, "llama_cpp": got})
     return {"gguf": str(gguf), "users": len(rows), "same_best_query": same_top / len(rows),
             "mean_shared_queries": shared / len(rows), "seconds": round(time.perf_counter() - start, 1),

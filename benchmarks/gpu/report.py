@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from compare_queries import query_overlap  # the same agreement measure as the n_ctx-512 comparison
+
 from gloss.edge.bundle import load_bundle
 from gloss.edge.evaluate import cases_from_queries_file, rank_cases
 from gloss.edge.files import read_jsonl, write_json_atomic, write_text_atomic
@@ -66,8 +68,8 @@ def query_agreement(hf_path: Path, edge_path: Path) -> dict:
     hf = {r["user"]: r["queries"] for r in read_jsonl(hf_path)}
     edge = {r["user"]: r["queries"] for r in read_jsonl(edge_path)}
     users = sorted(set(hf) & set(edge))
-    same = sum(hf[u][:1] == edge[u][:1] for u in users)
-    shared = sum(len(set(hf[u]) & set(edge[u])) / max(len(set(hf[u])), 1) for u in users)
+    overlaps = [query_overlap(edge[u], hf[u]) for u in users]
+    same, shared = sum(o[0] for o in overlaps), sum(o[1] for o in overlaps)
     return {"users": len(users), "same_best_query": same / len(users), "mean_shared_queries": shared / len(users)}
 
 
