@@ -27,7 +27,7 @@ import numpy as np
 
 from gloss.edge.errors import InputError
 from gloss.edge.files import atomic_path
-from gloss.edge.recommend import ScoredItem, SearchIndex
+from gloss.edge.types import ScoredItem, SearchIndex
 
 logger = logging.getLogger(__name__)
 

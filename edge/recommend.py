@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,25 +14,16 @@ from gloss.edge.catalog import Catalog
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
 from gloss.edge.generate import GenerationConfig, QueryGenerator
+from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
+from gloss.edge.types import ScoredItem, SearchIndex
 
 if TYPE_CHECKING:
     from gloss.edge.fusion import FusionRanker
-from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
 
 logger = logging.getLogger(__name__)
 
 
 TIE_SCALE = 1e5  # similarities within ~1e-5 of each other count as tied
-
-
-class SearchIndex(Protocol):
-    """What retrieval needs from an index (gloss.edge.index.ItemIndex implements it)."""
-
-    def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def vectors(self) -> np.ndarray: ...
-
-    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -54,14 +45,6 @@ class RetrievalConfig:
             raise InputError(f"--k must be >= 1, got {self.k}")
         if self.per_query < 1:
             raise InputError(f"--per-query must be >= 1, got {self.per_query}")
-
-
-@dataclass(frozen=True)
-class ScoredItem:
-    """A recommended catalogue item: its position in the catalogue and its best similarity to a query."""
-
-    position: int
-    score: float
 
 
 def query_text(generated: str) -> str:
