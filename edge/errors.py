@@ -11,6 +11,8 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
+MAX_ERROR_CHARS = 600  # longer messages (e.g. a library's list of every model type it knows) are cut
+
 
 class GlossError(Exception):
     """A run failed for a reason the user can act on (exit code 1)."""
@@ -51,14 +53,22 @@ def require(module: str, extra: str) -> ModuleType:
 def user_errors() -> Iterator[None]:
     """Print expected errors as one ``Error: ...`` line on stderr and exit non-zero.
 
-    Unexpected exceptions propagate with their traceback.
+    Unexpected exceptions propagate with their traceback. ``-v`` logs the full message and traceback.
     """
     try:
         yield
     except GlossError as exc:
         logger.debug("user-facing error", exc_info=True)
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """A message as one line (a wrapped library message joined with spaces), cut to ``limit`` characters."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " ... (cut; -v shows all)"
+    return text

@@ -1,14 +1,21 @@
-"""Atomic writes and JSON Lines reading (plain or gzip) with errors that name the file and line."""
+"""Reading user files (UTF-8 text, JSON Lines, plain or gzip) with errors that name the file, line and byte;
+atomic writes that follow the user's umask."""
 
 from __future__ import annotations
 
+import codecs
+import glob
 import gzip
 import hashlib
 import io
 import json
 import logging
 import os
+import shutil
+import socket
+import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,45 +25,149 @@ from gloss.edge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+STDIN = "-"
+NEWLINE = b"\n"
+UTF8_HINT = "save the file as UTF-8"
+WRITER_FILE = ".gloss_writer.json"  # inside a temp build folder: which process is writing it
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+STAT_START_FIELD = 19  # starttime in /proc/PID/stat, counted after the ")" that ends the command name
 
-def _open_text(path: Path, mode: str) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
-    return open(path, mode, encoding="utf-8")
+
+def check_input_file(path: Path, what: str = "file") -> Path:
+    """Return ``path`` if it exists and is not a directory (a pipe such as ``<(cmd)`` is fine).
+
+    Raises:
+        InputError: If it is missing or a directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected a {what}")
+    if not path.exists():
+        raise InputError(f"{path}: no such {what}")
+    return path
+
+
+def decode_utf8(data: bytes, name: str, offset: int = 0, line: int = 1, hint: str = UTF8_HINT) -> str:
+    """Decode UTF-8 bytes (a leading byte order mark is dropped).
+
+    Args:
+        data: The bytes.
+        name: File name for the error message.
+        offset: Byte offset of ``data[0]`` in the file (for a chunk of a larger file).
+        line: Line number of ``data[0]`` in the file.
+        hint: What to do about it, ending the message.
+
+    Raises:
+        InputError: Naming the file, the byte offset and line of the first byte that is not UTF-8.
+    """
+    start = len(codecs.BOM_UTF8) if offset == 0 and data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = start + exc.start
+        where = f"byte offset {offset + bad} (line {line + data.count(NEWLINE, 0, bad)})"
+        raise InputError(
+            f"{name}: not UTF-8 text: byte 0x{data[bad]:02x} at {where}; {hint}"
+        ) from None
+
+
+def read_text(path: Path | str, what: str = "file", hint: str = UTF8_HINT) -> str:
+    """Read a whole UTF-8 text file (``-`` = stdin); ``what`` and ``hint`` shape the error messages.
+
+    Raises:
+        InputError: If the file is missing, a directory, unreadable or not UTF-8 (naming the byte offset).
+    """
+    if str(path) == STDIN:
+        stream = getattr(sys.stdin, "buffer", None)
+        return decode_utf8(stream.read(), "<stdin>") if stream is not None else sys.stdin.read()
+    path = check_input_file(Path(path), what)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return decode_utf8(data, str(path), hint=hint)
+
+
+def read_yaml(path: Path | str, what: str = "file") -> Any:
+    """Parse a UTF-8 YAML (or JSON) file; an empty file gives None.
+
+    Raises:
+        InputError: If the file is missing, not UTF-8 (naming the byte offset) or not valid YAML (one line
+            naming the line and column).
+    """
+    import yaml  # lazy: the edge runtime rarely needs it
+
+    text = read_text(path, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a ``.jsonl`` or ``.jsonl.gz`` file, ``-`` meaning stdin.
 
     Raises:
-        InputError: If the file is missing or a line is not a JSON object.
+        InputError: If the file is missing, not (gzipped) UTF-8 text, or a line is not a JSON object.
     """
+    for _, row in read_jsonl_lines(path):
+        yield row
+
+
+def read_jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Like :func:`read_jsonl`, with each object's line number (blank lines count, as in an editor)."""
     path = Path(path)
-    if str(path) == "-":
-        import sys
-
-        yield from _parse_lines(sys.stdin, "<stdin>")
+    if str(path) == STDIN:
+        stream = getattr(sys.stdin, "buffer", None)
+        yield from _parse_lines(stream if stream is not None else sys.stdin, "<stdin>")
         return
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    check_input_file(path)
+    gzipped = path.suffix == ".gz"
     try:
-        with _open_text(path, "r") as handle:
-            yield from _parse_lines(handle, str(path))
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read as (gzipped) JSON Lines: {exc}") from exc
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as handle:
+            yield from _parse_lines(handle, str(path), decompressed=gzipped)
+    except (OSError, EOFError, zlib.error) as exc:
+        kind = "gzipped JSON Lines" if gzipped else "JSON Lines"
+        raise InputError(f"{path}: cannot be read as {kind}: {exc}") from None
 
 
-def _parse_lines(handle: Iterable[str], name: str) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(handle, start=1):
+def _parse_lines(
+    handle: Iterable[bytes | str], name: str, decompressed: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    offset, text_name = 0, f"{name} (decompressed)" if decompressed else name
+    for number, raw in enumerate(handle, start=1):
+        line = decode_utf8(raw, text_name, offset, number) if isinstance(raw, bytes) else raw
+        offset += len(raw)
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from exc
+            raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise InputError(f"{name}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield row
+        yield number, row
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux (or an old kernel): fall back to set-and-restore below
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, directory: bool = False) -> None:
+    """Give a file made by ``mkstemp`` / ``mkdtemp`` (0600 / 0700) the mode a plain ``open`` would give."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 @contextmanager
@@ -67,6 +178,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    follow_umask(tmp_path)  # mkstemp makes 0600 files; a service running as another user must read them
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -105,3 +217,107 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- temp build folders: umask-following, with a writer record so stale ones can be cleaned ---
+
+
+def make_temp_dir(path: Path) -> Path:
+    """Create a hidden temp folder ``.NAME.*.tmp`` beside ``path`` to build it in.
+
+    Stale temp folders of the same target, left by a writer that no longer runs (``kill -9``, a crash, a
+    reboot), are removed first. The new folder follows the umask (``mkdtemp`` alone makes it 0700) and holds
+    a :data:`WRITER_FILE` record of this process; call :func:`release_temp_dir` before renaming it into place.
+    """
+    path = Path(path)
+    remove_stale_temp_dirs(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    follow_umask(tmp, directory=True)
+    (tmp / WRITER_FILE).write_text(json.dumps(writer_record(path)), encoding="utf-8")
+    return tmp
+
+
+def release_temp_dir(tmp: Path) -> None:
+    """Remove the writer record from a finished temp folder (just before it is renamed into place)."""
+    (Path(tmp) / WRITER_FILE).unlink(missing_ok=True)
+
+
+def writer_record(path: Path) -> dict[str, Any]:
+    """Who is writing a temp folder for ``path``: pid, host, boot id and the process's start time."""
+    pid = os.getpid()
+    return {"target": Path(path).name, "pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
+            "pid_namespace": _pid_namespace(), "start_ticks": _start_ticks(pid)}  # fmt: skip
+
+
+def writer_is_gone(record: dict[str, Any]) -> bool:
+    """True only if the process a writer record names has surely ended (unknown cases count as alive).
+
+    A record from another host or PID namespace (another container) proves nothing here; another boot id
+    means the machine restarted since; a live pid with another start time is a new process that reused it.
+    """
+    if record.get("host") != socket.gethostname() or record.get("pid_namespace") != _pid_namespace():
+        return False
+    boot_id = _boot_id()
+    if boot_id is not None and record.get("boot_id") not in (None, boot_id):
+        return True
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:
+        pass  # exists, owned by another user
+    started = record.get("start_ticks")
+    now = _start_ticks(pid)
+    return started is not None and now is not None and started != now
+
+
+def remove_stale_temp_dirs(path: Path) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` folders beside ``path`` whose writer record says the writer is gone.
+
+    Folders without a readable record (another tool's, or one being created right now) are kept.
+
+    Returns:
+        The folders removed.
+    """
+    path = Path(path)
+    removed = []
+    for candidate in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
+        if candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            record = json.loads((candidate / WRITER_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(record, dict) or record.get("target") != path.name or not writer_is_gone(record):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        logger.info("removed %s: left by process %s, which is gone", candidate, record.get("pid"))
+        removed.append(candidate)
+    return removed
+
+
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID_PATH.read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (``pid:[4026531836]``), or None where unknown (not Linux)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks after boot (Linux), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        return int(stat.rsplit(")", 1)[1].split()[STAT_START_FIELD])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -33,8 +33,9 @@ def check_gguf(path: Path, max_array: int = 64, stop_after: str | None = None) -
     meta = read_gguf_metadata(path, max_array=max_array, stop_after=stop_after)
     arch = meta.get("general.architecture")
     if arch != LLAMA_ARCH:
+        what = f"a {arch} GGUF" if arch else "a GGUF without general.architecture"
         raise InputError(
-            f"{path} is a {arch} GGUF; the edge runtime needs a LLaMA-architecture model "
+            f"{path} is {what}; the edge runtime needs a LLaMA-architecture model "
             "(export one with gloss-export gguf)"
         )
     return meta
@@ -73,6 +74,8 @@ def read_gguf_metadata(path: Path, max_array: int = 64, stop_after: str | None =
         InputError: If the file is missing, not a GGUF file, or truncated.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected a .gguf file")
     if not path.is_file():
         raise InputError(f"{path}: no such file; write a GGUF with gloss-export gguf")
     try:

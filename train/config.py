@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError
+from gloss.edge.files import read_yaml
 
 logger = logging.getLogger(__name__)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QUANTS = ("nf4", "none")  # nf4 = the paper's QLoRA; none = LoRA on bf16 (CUDA) or fp32 (CPU) weights
+OBJECTIVES = ("last", "all")  # last = the paper's one example per user; all = every item after the first
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,18 @@ class TrainConfig:
         early_stopping_patience: Evaluations without a better eval loss before stopping.
         max_seq_length: Prompt + completion tokens; the history is cut from the oldest item to fit.
         max_steps: Optimizer steps; overrides ``epochs`` and evaluates/saves at the end.
-        load_in_4bit: NF4 QLoRA; False (fp32 LoRA) only for CPU tests, nothing else changes.
+        load_in_4bit: Legacy alias of ``quant`` (True = nf4, False = none); None = follow ``quant``.
+        quant: ``nf4`` (QLoRA, the paper's recipe; None resolves to it) or ``none`` (LoRA on bf16/fp32 weights).
+        packing: Pack each batch's examples into rows without padding (position ids restart per example,
+            no attention across examples); False = right-padded batches (the old path).
+        pack_length: Longest packed row in tokens; None = ``max_seq_length``.
+        chunked_loss: Logits and loss only at label positions, in chunks; False = full logits (the old path).
+        loss_chunk_size: Label positions per logits chunk of the chunked loss.
+        max_minutes: Time box of the whole ``train()`` call: measure throughput after a short warm-up, plan the
+            steps to fit, decay the learning rate to the end of the plan. None = plan by epochs/max_steps.
+        eval_steps: Evaluate and save every N steps; None = every epoch (and at the end of a planned run).
+        objective: ``last`` (the paper: one example per training user) or ``all`` (every item after the first
+            of the training history is a target).
         bf16: bf16 compute; None = on when CUDA supports it.
         add_bos_token: Prepend BOS to prompts; None = do what the base tokenizer does. Recorded in the
             manifest so that generation and the edge runtime tokenise the same way.
@@ -62,7 +76,15 @@ class TrainConfig:
     early_stopping_patience: int = 3
     max_seq_length: int = 1024
     max_steps: int | None = None
-    load_in_4bit: bool = True
+    load_in_4bit: bool | None = None
+    quant: str | None = None
+    packing: bool = True
+    pack_length: int | None = None
+    chunked_loss: bool = True
+    loss_chunk_size: int = 1024
+    max_minutes: float | None = None
+    eval_steps: int | None = None
+    objective: str = "last"
     bf16: bool | None = None
     add_bos_token: bool | None = None
     seed: int = 42
@@ -76,12 +98,13 @@ class TrainConfig:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if not isinstance(self.resume, bool):
             object.__setattr__(self, "resume", Path(self.resume))
+        self._resolve_quant()
         positive = ("lora_r", "lora_alpha", "per_device_batch_size", "grad_accum", "epochs",
-                    "early_stopping_patience", "max_seq_length", "logging_steps")
+                    "early_stopping_patience", "max_seq_length", "logging_steps", "loss_chunk_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_max_users"):
+        for name in ("max_steps", "eval_max_users", "pack_length", "eval_steps", "max_minutes"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise InputError(f"--{_flag(name)} must be > 0 (or unset), got {getattr(self, name)}")
         if not 0 <= self.lora_dropout < 1:
@@ -96,6 +119,24 @@ class TrainConfig:
         if self.max_seq_length < 64:
             raise InputError(f"--max-seq-length must be >= 64 (the prompt alone is ~60 tokens), "
                              f"got {self.max_seq_length}")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+
+    def _resolve_quant(self) -> None:
+        """``quant`` and its legacy alias ``load_in_4bit`` must agree; both end up set."""
+        if self.quant is not None and self.quant not in QUANTS:
+            raise InputError(f"--quant must be one of {', '.join(QUANTS)}, got {self.quant!r}")
+        from_alias = None if self.load_in_4bit is None else ("nf4" if self.load_in_4bit else "none")
+        if self.quant is not None and from_alias is not None and self.quant != from_alias:
+            raise InputError(f"--quant {self.quant} contradicts load_in_4bit={self.load_in_4bit}; drop one")
+        quant = self.quant or from_alias or "nf4"
+        object.__setattr__(self, "quant", quant)
+        object.__setattr__(self, "load_in_4bit", quant == "nf4")
+
+    @property
+    def resolved_pack_length(self) -> int:
+        """Longest packed row in tokens."""
+        return self.pack_length or self.max_seq_length
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths as strings)."""
@@ -123,7 +164,7 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         raise InputError(f"{name}: must be set, got null")
     try:
-        if kind.startswith("bool |"):  # resume: bool or a checkpoint path
+        if kind.startswith("bool | Path"):  # resume: bool or a checkpoint path
             return value if isinstance(value, bool) else Path(str(value))
         if kind.startswith("bool"):
             if not isinstance(value, bool):
@@ -161,17 +202,10 @@ def load_config(yaml_path: Path | None = None, overrides: dict[str, Any] | None 
     Raises:
         InputError: For an unreadable YAML file, an unknown key, a wrongly typed or invalid value.
     """
-    import yaml
-
     values: dict[str, Any] = {}
     if yaml_path is not None:
         path = Path(yaml_path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such config file")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})") from exc
+        loaded = read_yaml(path, what="config file") or {}  # one-line errors, byte offset of non-UTF-8 bytes
         if not isinstance(loaded, dict):
             raise InputError(f"{path}: expected a mapping of TrainConfig fields")
         unknown = sorted(str(k) for k in loaded if k not in _FIELDS)

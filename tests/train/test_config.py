@@ -83,3 +83,67 @@ def test_help_lists_the_commands():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     assert all(name in result.output for name in ("prepare", "fit", "generate"))
+
+
+# --- hardening (issue 11): a config file's bytes and syntax errors are one `Error:` line, exit 2 ---
+
+
+def error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"data_dir: d\nlora_r: 8  # r\xe9duit\n", b"\xff\xfed\x00a\x00", b"data_dir: d\nbase_model: \xc3\n"],
+)
+def test_fit_names_the_byte_offset_of_a_non_utf8_config(tmp_path, data):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(data)
+    offset = next(i for i, byte in enumerate(data) if byte >= 0x80)
+    line = data[:offset].count(b"\n") + 1
+    result = CliRunner().invoke(app, ["fit", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert error_line(result.output) == (
+        f"Error: {path}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} "
+        f"(line {line}); save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("data_dir: d\nlora_r: [\n", "not valid YAML (line 3, column 1: "),
+        ("data_dir: d\n  lora_r: 8\n", "not valid YAML (line 2, column 9: "),
+        ("data_dir: d\n\tlora_r: 8\n", "not valid YAML (line 2, column 1: "),
+    ],
+)
+def test_fit_yaml_syntax_error_is_one_line_with_its_position(tmp_path, yaml_text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text, encoding="utf-8")
+    result = CliRunner().invoke(app, ["fit", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: {message}" in error_line(result.output)
+
+
+def test_fit_config_that_is_a_directory(tmp_path):
+    result = CliRunner().invoke(app, ["fit", "--config", str(tmp_path)])
+    assert result.exit_code == 2
+    assert error_line(result.output) == f"Error: {tmp_path}: is a directory; expected a config file"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "--lora-r", "abc"], "Invalid value for '--lora-r': "),
+        (["fit", "--no-such"], "No such option: --no-such"),
+        (["generate", "run", "--out", "q.jsonl", "--num-beams", "0"], "Invalid value for '--num-beams': "),
+        (["generate", "run"], "Missing option '--out'."),
+    ],
+)
+def test_option_errors_are_one_error_line(args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert error_line(result.output).startswith(f"Error: {message}")
+    assert "╭" not in result.output
