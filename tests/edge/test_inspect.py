@@ -1,0 +1,130 @@
+"""`gloss-edge inspect`: what a bundle holds, read from its files and checked against the manifest."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gloss.edge.bundle import load_bundle
+from gloss.edge.catalog import load_catalog
+from gloss.edge.cli import app
+from gloss.edge.fusion import CoPurchase
+from gloss.edge.index import read_index_header
+from gloss.edge.inspect import inspect_bundle
+from gloss.edge.prompt import render_item
+from gloss.export.bundle import add_fusion, build_bundle
+from tests.conftest import FIXTURES
+from tests.edge.test_embed import write_tiny_embedder
+
+CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
+SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inspect")
+    embedder = write_tiny_embedder(root / "embedder", texts=[render_item(t) for t in load_catalog(CATALOG_PATH).titles])
+    out = build_bundle(CATALOG_PATH, root / "bundle", embedder_dir=embedder, name="beauty")
+    return add_fusion(out, SEQUENCES_PATH, holdout=1)
+
+
+@pytest.fixture
+def bundle_dir(built: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(built, out)
+    return out
+
+
+def invoke(*args):
+    return runner.invoke(app, ["inspect", *[str(a) for a in args]])
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_inspect_json_reports_what_the_files_hold(bundle_dir: Path):
+    result = invoke(bundle_dir, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    bundle = load_bundle(bundle_dir)
+    stats = CoPurchase.load(bundle.paths.copurchase)
+    header = read_index_header(bundle.paths.index)
+    assert report["check"] == {"ok": True, "problems": [], "notes": report["check"]["notes"]}
+    assert report["catalog"]["rows"] == len(bundle.catalog) == report["catalog"]["num_items"]
+    assert report["index"]["stored_items"] == header["num_items"] and report["index"]["scalar"] == header["dtype"]
+    assert report["embedder"]["dim"] == header["dim"] and report["embedder"]["source"] == "tiny-test-encoder"
+    assert report["fusion"]["statistics"]["items"] == len(bundle.catalog)
+    assert report["fusion"]["statistics"]["pairs"] == stats.nnz == report["fusion"]["nnz"]
+    assert report["fusion"]["statistics"]["items_without_purchases"] == int((stats.popularity == 0).sum())
+    assert report["generator"] == {"present": False}
+    sizes = {rel: entry["size"] for rel, entry in bundle.manifest["files"].items()}
+    assert report["bundle"]["total_bytes"] == sum(sizes.values())
+    assert report["bundle"]["bytes_per_part"]["index.usearch"] == sizes["index.usearch"]
+    assert report["bundle"]["catalog_version"] == 1
+
+
+def test_inspect_table(bundle_dir: Path):
+    result = invoke(bundle_dir)
+    assert result.exit_code == 0, result.output
+    for header in ("[bundle]", "[catalog]", "[embedder]", "[index]", "[generator]", "[fusion]", "[check]"):
+        assert header in result.stdout
+    assert re.search(r"status +ok", result.stdout)
+
+
+def test_inspect_reports_a_tampered_file_and_exits_2(bundle_dir: Path):
+    with open(bundle_dir / "catalog.jsonl.gz", "ab") as handle:
+        handle.write(b"x")
+    result = invoke(bundle_dir, "--json")
+    assert result.exit_code == 2
+    assert "catalog.jsonl.gz" in error_line(result)
+    report = json.loads(result.stdout)  # the report is still printed, with the problem in it
+    assert report["check"]["ok"] is False and "catalog.jsonl.gz" in report["check"]["problems"][0]
+
+
+def test_inspect_notes_unlisted_files_and_refuses_a_non_bundle(bundle_dir: Path, tmp_path: Path):
+    (bundle_dir / "stray.txt").write_text("not listed")
+    report = inspect_bundle(bundle_dir)
+    assert report.ok and any("stray.txt" in note for note in report.notes)
+    result = invoke(tmp_path / "nothing")
+    assert result.exit_code == 2 and "nothing" in error_line(result)
+
+
+def test_inspect_shows_the_catalogue_version_after_an_update(bundle_dir: Path, tmp_path: Path):
+    from gloss.export.update import update_bundle
+
+    gone = tmp_path / "gone.txt"
+    gone.write_text(load_bundle(bundle_dir).catalog.asins[0] + "\n")
+    update_bundle(bundle_dir, remove_path=gone)
+    report = inspect_bundle(bundle_dir)
+    assert report.ok and report.sections["bundle"]["catalog_version"] == 2
+    assert report.sections["catalog"]["updates"] == 1
+
+
+@pytest.mark.slow
+def test_inspect_generator_header_and_provenance(bundle_dir: Path, smollm2_gguf_path: Path):
+    from gloss.export.bundle import add_generator
+
+    add_generator(bundle_dir, smollm2_gguf_path, generator_meta={"base_model": "SmolLM2-135M-Instruct"})
+    report = inspect_bundle(bundle_dir)
+    assert report.ok, report.problems
+    generator = report.sections["generator"]
+    assert generator["gguf"]["general.architecture"] == "llama"
+    assert generator["provenance"]["base_model"] == "SmolLM2-135M-Instruct"
+    assert generator["bytes"] == smollm2_gguf_path.stat().st_size
+    trie = report.sections["trie"]
+    assert trie["present"] and trie["num_items"] == len(load_bundle(bundle_dir).catalog)
+
+
+def test_help_lists_inspect():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "inspect" in result.output
+    assert "--no-verify" in runner.invoke(app, ["inspect", "--help"]).output
