@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from gloss.edge.catalog import Catalog
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
-from gloss.edge.files import read_jsonl, write_jsonl_atomic
+from gloss.edge.files import read_jsonl, sha256_file, write_jsonl_atomic
 from gloss.edge.generate import QueryGenerator
 from gloss.edge.logs import progress_enabled
 from gloss.edge.metrics import POWER_MIN_DEFAULT, rank_of, summarize
@@ -22,6 +23,7 @@ from gloss.edge.prompt import render_item
 from gloss.edge.recommend import (
     RetrievalConfig,
     SearchIndex,
+    beam_positions,
     embed_queries,
     item_texts,
     query_text,
@@ -32,11 +34,13 @@ from gloss.edge.splits import DEFAULT_SEED, Example, Split, load_sequences, make
 
 if TYPE_CHECKING:
     from gloss.edge.bundle import Bundle
-    from gloss.edge.fusion import FusionRanker
+    from gloss.edge.fusion import FusionRanker, QuerySignals
 
 logger = logging.getLogger(__name__)
 
 CHUNK_USERS = 1024
+GENERATE_CHUNK_USERS = 64  # users handed to generate_batch at once (it keeps EVAL_BATCH_USERS in flight)
+EVAL_BATCH_USERS = 4  # users whose beams share a llama_decode in `eval --source bundle`
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,18 @@ class EvalCase:
     history: tuple[str, ...]
     target: str
     queries: tuple[str, ...]
+    scores: tuple[float, ...] | None = None  # beam scores, when the source knows them
+    positions: tuple[int, ...] | None = None  # constrained beams' catalogue positions (-1: free beam)
+
+    def to_row(self) -> dict[str, Any]:
+        """The queries-file row of this case (``--save-queries`` writes it, ``--queries`` reads it)."""
+        row: dict[str, Any] = {"user": self.user, "history": list(self.history), "target": self.target,
+                               "queries": list(self.queries)}
+        if self.scores is not None:
+            row["scores"] = list(self.scores)
+        if self.positions is not None:
+            row["positions"] = list(self.positions)
+        return row
 
 
 @dataclass
@@ -73,8 +89,20 @@ def check_example(user: str, history: Sequence[str], target: str, catalog: Catal
             raise InputError(f"user {user}: unknown item {asin!r}: not in the catalogue")
 
 
+def _optional_list(path: Path, number: int, row: dict[str, Any], name: str, kind: type, size: int) -> tuple | None:
+    values = row.get(name)
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) != size or not all(isinstance(v, (kind, int)) for v in values):
+        raise InputError(f"{path}: row {number}: {name!r} must be a list of {size} numbers, one per query")
+    return tuple(kind(v) for v in values)
+
+
 def cases_from_queries_file(path: Path, catalog: Catalog) -> list[EvalCase]:
     """Read a queries file: rows ``{user, history: [asin], target: asin, queries: [title, ...]}``.
+
+    Optional per-query lists: ``scores`` (beam scores) and ``positions`` (constrained beams' catalogue
+    positions, -1 for a free beam), as ``--save-queries`` writes them.
 
     Raises:
         InputError: On a malformed row, an unknown item or an empty history.
@@ -88,7 +116,11 @@ def cases_from_queries_file(path: Path, catalog: Catalog) -> list[EvalCase]:
         if not isinstance(queries, list) or not queries or not all(isinstance(q, str) for q in queries):
             raise InputError(f"{path}: row {number}: 'queries' must be a non-empty list of titles")
         check_example(user, history, target, catalog)
-        cases.append(EvalCase(user, tuple(history), target, tuple(query_text(q) for q in queries)))
+        scores = _optional_list(path, number, row, "scores", float, len(queries))
+        positions = _optional_list(path, number, row, "positions", int, len(queries))
+        if positions is not None and any(not -1 <= p < len(catalog) for p in positions):
+            raise InputError(f"{path}: row {number}: a position is outside the catalogue (0..{len(catalog) - 1})")
+        cases.append(EvalCase(user, tuple(history), target, tuple(query_text(q) for q in queries), scores, positions))
     if not cases:
         raise InputError(f"{path}: no rows")
     return cases
@@ -110,11 +142,26 @@ def cases_last_item(examples: Iterable[Example], catalog: Catalog, with_query: b
 def cases_from_generator(
     examples: Sequence[Example], catalog: Catalog, generator: QueryGenerator, show_progress: bool | None = None
 ) -> Iterator[EvalCase]:
-    """Generate each user's queries with a generator (e.g. the bundle's LLM), lazily."""
-    for ex in tqdm(examples, desc="generate", unit="user", disable=not progress_enabled(show_progress, logger)):
-        check_example(ex.user, ex.history, ex.target, catalog)
-        generated = generator.generate(catalog.titles_of(ex.history))
-        yield EvalCase(ex.user, ex.history, ex.target, tuple(query_text(g.title) for g in generated))
+    """Generate each user's queries with a generator (e.g. the bundle's LLM), lazily.
+
+    A generator with ``generate_batch`` (the llama.cpp one) gets ``GENERATE_CHUNK_USERS`` users per call, so
+    several users' beams share each ``llama_decode``.
+    """
+    batched = getattr(generator, "generate_batch", None)
+    size = GENERATE_CHUNK_USERS if batched is not None else 1
+    bar = tqdm(total=len(examples), desc="generate", unit="user", disable=not progress_enabled(show_progress, logger))
+    for start in range(0, len(examples), size):
+        chunk = examples[start : start + size]
+        for ex in chunk:
+            check_example(ex.user, ex.history, ex.target, catalog)
+        histories = [catalog.titles_of(ex.history) for ex in chunk]
+        outputs = batched(histories) if batched is not None else [generator.generate(h) for h in histories]
+        bar.update(len(chunk))
+        for ex, generated in zip(chunk, outputs, strict=True):
+            positions = beam_positions(generated)
+            yield EvalCase(ex.user, ex.history, ex.target, tuple(query_text(g.title) for g in generated),
+                           tuple(g.score for g in generated), None if positions is None else tuple(positions.tolist()))
+    bar.close()
 
 
 def _chunks(cases: Iterable[EvalCase], size: int) -> Iterator[list[EvalCase]]:
@@ -151,7 +198,7 @@ def rank_cases(
         vectors = embed_queries(texts, embedder, index, known) if texts else None
         histories = [[catalog.position(a) for a in case.history] for case in chunk]
         if fusion is not None:
-            queries = [vectors[[row_of[q] for q in case.queries]] if case.queries else None for case in chunk]
+            queries = [signals_of(case, vectors, row_of) for case in chunk]
             for case, ranked in zip(chunk, fusion.rank_batch(histories, queries, k=config.k), strict=True):
                 yield case, [item.position for item in ranked]
         else:
@@ -209,8 +256,7 @@ def evaluate(
         if details_path is not None:
             details.append({"user": case.user, "target": case.target, "rank": rank, "ranked": ids})
         if queries_path is not None:
-            kept.append({"user": case.user, "history": list(case.history), "target": case.target,
-                         "queries": list(case.queries)})  # fmt: skip
+            kept.append(case.to_row())
     if not ranks:
         raise InputError("no users to evaluate")
     seconds = time.perf_counter() - start
@@ -220,8 +266,26 @@ def evaluate(
         write_jsonl_atomic(queries_path, kept)
     metrics = summarize(ranks, lengths, power_min=power_min)
     logger.info("evaluated %d users in %.1f s", len(ranks), seconds)
-    rule = {"rule": "fusion", "fusion": fusion.config.to_dict()} if fusion is not None else {"rule": "paper"}
-    return EvalReport(metrics, {**asdict(config), **rule, "power_min": power_min}, seconds, source)
+    return EvalReport(metrics, {**rule_in_effect(config, fusion), "power_min": power_min}, seconds, source)
+
+
+def rule_in_effect(config: RetrievalConfig, fusion: FusionRanker | None) -> dict[str, Any]:
+    """The ranking rule a report states: the paper preset's settings, or fusion's (its own seen rule)."""
+    if fusion is None:
+        return {**asdict(config), "rule": "paper"}
+    return {"k": config.k, "rule": "fusion", "exclude_seen": fusion.config.exclude_seen,
+            "fusion": fusion.config.to_dict()}
+
+
+def signals_of(case: EvalCase, vectors: Any, row_of: dict[str, int]) -> QuerySignals | None:
+    """Fusion signals of one case: its query vectors, beam scores and constrained positions."""
+    from gloss.edge.fusion import QuerySignals
+
+    if not case.queries:
+        return None
+    scores = None if case.scores is None else np.asarray(case.scores)
+    positions = None if case.positions is None else np.asarray(case.positions, dtype=np.int64)
+    return QuerySignals(vectors[[row_of[q] for q in case.queries]], scores, positions)
 
 
 def format_report(report: EvalReport) -> str:
@@ -229,7 +293,11 @@ def format_report(report: EvalReport) -> str:
     rows = report.metrics
     columns = [c for c in rows["all"] if c != "users"]
     header = f"{'segment':<9}{'users':>8}" + "".join(f"{c:>11}" for c in columns)
-    lines = [f"source: {report.source}   rule: {report.config}", header]
+    config = report.config
+    lines = [f"source: {report.source}   rule: {config.get('rule')}   exclude_seen: {config.get('exclude_seen')}"
+             + (f"   ties: {config['ties']}" if "ties" in config else ""), f"settings: {config}",
+             "metrics: Recall@k, NDCG@k; MRR = mean of 1/rank of the target within the top 10 (0 if absent)",
+             header]
     for name in ("all", "cold", "regular", "power"):
         values = rows[name]
         lines.append(f"{name:<9}{int(values['users']):>8}" + "".join(f"{values[c]:>11.4f}" for c in columns))
@@ -246,8 +314,11 @@ def load_cases(
     max_users: int | None = None,
     seed: int = DEFAULT_SEED,
     fusion: bool = False,
+    constrained: bool = False,
 ) -> Iterable[EvalCase]:
     """Cases for ``gloss-edge eval``: from a queries file, the last item, or the bundle's generator.
+
+    The generator writes free beams (the paper's rule) unless ``constrained`` asks for catalogue titles only.
 
     With ``fusion`` the last-item source gives history-only cases, and the bundle's co-purchase statistics
     must leave out the held-out items of ``split`` (their ``holdout``), so no target leaks into the ranking.
@@ -257,7 +328,7 @@ def load_cases(
             its co-purchase statistics saw the split's targets.
     """
     if fusion:
-        check_fusion_holdout(bundle, split)
+        check_fusion_holdout(bundle, split, sequences_path)
     if source == "queries":
         if queries_path is None:
             raise InputError("--source queries needs --queries FILE")
@@ -272,17 +343,27 @@ def load_cases(
     if source == "bundle":
         if bundle.paths.generator is None:
             raise InputError(f"{bundle.dir}: bundle has no generator; add one with gloss-export bundle --gguf")
-        from gloss.edge.generate import LlamaCppGenerator
+        from gloss.edge.generate import LlamaCppGenerator, batched_config
 
-        return cases_from_generator(examples, bundle.catalog, LlamaCppGenerator.load(bundle.paths.generator))
+        trie = bundle.open_trie() if constrained else None
+        config = batched_config(EVAL_BATCH_USERS)
+        generator = LlamaCppGenerator.load(bundle.paths.generator, config, constraint=trie)
+        if trie is None:
+            generator.cap_new_tokens(bundle.catalog.titles)
+        return cases_from_generator(examples, bundle.catalog, generator)
     raise InputError(f"unknown --source {source!r}: expected queries, last-item or bundle")
 
 
 HOLDOUT_NEEDED = {Split.test: 1, Split.validation: 2}
 
 
-def check_fusion_holdout(bundle: Bundle, split: Split) -> None:
-    """Raise InputError unless the bundle's co-purchase statistics leave out ``split``'s targets."""
+def check_fusion_holdout(bundle: Bundle, split: Split, sequences_path: Path | None = None) -> None:
+    """Raise InputError unless the bundle's co-purchase statistics leave out ``split``'s targets.
+
+    The statistics must have been built with a large enough ``holdout`` and, when ``sequences_path`` is
+    given, from that very file (its SHA-256 is recorded at build time): a holdout of another file's
+    sequences says nothing about these users' targets.
+    """
     meta = bundle.fusion_meta
     if meta is None:
         raise InputError(f"{bundle.dir}: bundle has no co-purchase statistics; add them with gloss-export fusion")
@@ -291,4 +372,16 @@ def check_fusion_holdout(bundle: Bundle, split: Split) -> None:
         raise InputError(
             f"{bundle.dir}: co-purchase statistics were built with --holdout {meta.get('holdout', 0)}, so they "
             f"include the {split.value} targets; rebuild with gloss-export fusion --holdout {needed} to evaluate"
+        )
+    recorded = meta.get("sequences_sha256")
+    if sequences_path is None or recorded is None:
+        logger.warning("co-purchase statistics from %s: %s", meta.get("sequences", "unknown sequences"),
+                       "no sequences file given to compare" if recorded else "no SHA-256 recorded (older bundle)")
+        return
+    actual = sha256_file(Path(sequences_path))
+    if actual != recorded:
+        raise InputError(
+            f"{sequences_path}: SHA-256 {actual[:12]}... differs from the file the co-purchase statistics were "
+            f"built from ({meta.get('sequences')}, {recorded[:12]}...); evaluate with that file or rebuild with "
+            f"gloss-export fusion --sequences {sequences_path} --holdout {needed}"
         )

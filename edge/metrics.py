@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 KS = (5, 10)
+MRR_K = 10  # MRR counts the target only within the top 10, everywhere (CLI, benchmarks, quality.json)
 COLD_START_MAX = 5  # <= 5 interactions
 # Power users have more than this many interactions (the paper: 14 on Beauty, 13 on Toys and Sports).
 POWER_MIN_DEFAULT = 13
@@ -31,9 +32,9 @@ def ndcg_at_k(rank: int | None, k: int) -> float:
     return 1.0 / math.log2(rank + 1) if rank is not None and rank <= k else 0.0
 
 
-def reciprocal_rank(rank: int | None) -> float:
-    """1 / rank over the whole returned list (0 if absent)."""
-    return 1.0 / rank if rank is not None else 0.0
+def reciprocal_rank(rank: int | None, k: int = MRR_K) -> float:
+    """MRR@k's term: 1 / rank if the relevant item is in the top ``k``, else 0."""
+    return 1.0 / rank if rank is not None and rank <= k else 0.0
 
 
 def segment_of(num_interactions: int, power_min: int = POWER_MIN_DEFAULT) -> str:

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gloss.edge.catalog import Catalog
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
-from gloss.edge.generate import GenerationConfig, QueryGenerator
+from gloss.edge.explain import Explanation, explain_fusion, explain_paper
+from gloss.edge.generate import GeneratedQuery, GenerationConfig, QueryGenerator
 from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
 from gloss.edge.types import ScoredItem, SearchIndex
 
 if TYPE_CHECKING:
-    from gloss.edge.fusion import FusionRanker
+    from gloss.edge.bundle import Bundle
+    from gloss.edge.fusion import FusionRanker, QuerySignals
 
 logger = logging.getLogger(__name__)
 
 
-TIE_SCALE = 1e5  # similarities within ~1e-5 of each other count as tied
+TIE_SCALE = 1e5  # the "beam-order" rule: similarities within ~1e-5 of each other count as tied
+TIES = ("raw", "beam-order")
 
 
 @dataclass(frozen=True)
@@ -34,17 +37,28 @@ class RetrievalConfig:
         k: Length of the returned list.
         per_query: Nearest items taken per query (the paper: 1 per generated title).
         exclude_seen: Drop items already in the user's history (the paper keeps them).
+        ties: ``raw``: rank by the raw float similarity, as the paper's code does (retriv + ranx);
+            only bit-identical similarities tie and keep first-seen (beam) order. ``beam-order``:
+            similarities within 1e-5 tie and keep beam order, so float noise cannot reorder exact titles.
     """
 
     k: int = 10
     per_query: int = 1
     exclude_seen: bool = False
+    ties: str = "raw"
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise InputError(f"--k must be >= 1, got {self.k}")
         if self.per_query < 1:
             raise InputError(f"--per-query must be >= 1, got {self.per_query}")
+        if self.ties not in TIES:
+            raise InputError(f"--ties must be one of {', '.join(TIES)}, got {self.ties!r}")
+
+    def describe(self) -> str:
+        """The rule in words, as reports print it."""
+        order = "raw similarity" if self.ties == "raw" else "similarity, ties within 1e-5 in beam order"
+        return f"paper rule ({order}, {self.per_query} item(s) per query), exclude_seen: {self.exclude_seen}"
 
 
 def query_text(generated: str) -> str:
@@ -98,8 +112,9 @@ def rank_items(
 
     Each query contributes its ``per_query`` nearest items (after dropping seen items when asked);
     an item's score is its highest similarity over the queries; items are ranked by that score, as the
-    paper ranks by similarity rather than beam order; scores within 1e-5 are ties and keep query (beam)
-    order, so float noise in the embedder cannot reorder exact title matches.
+    paper ranks by similarity rather than beam order. ``config.ties`` says how near-equal scores order:
+    ``raw`` compares the floats themselves (the paper's code; exact float ties keep first-seen, i.e. beam,
+    order), ``beam-order`` treats scores within 1e-5 as ties kept in beam order.
 
     Args:
         positions: (num_queries, depth) catalogue positions, nearest first; -1 pads.
@@ -122,9 +137,12 @@ def rank_items(
             taken += 1
             if sim > best.get(pos, -np.inf):
                 best[pos] = sim
-    # Similarities equal up to float noise (e.g. several exact catalogue titles, all ~1.0) are ties, and
-    # ties keep first-seen order, i.e. beam order: the more likely title ranks first, deterministically.
-    ranked = sorted(best.items(), key=lambda item: -round(item[1] * TIE_SCALE))
+    # sorted() is stable: equal keys keep first-seen order, i.e. beam order. With "beam-order" ties,
+    # similarities equal up to float noise (several exact catalogue titles, all ~1.0) share one key.
+    if config.ties == "raw":
+        ranked = sorted(best.items(), key=lambda item: -item[1])
+    else:
+        ranked = sorted(best.items(), key=lambda item: -round(item[1] * TIE_SCALE))
     return [ScoredItem(pos, float(sim)) for pos, sim in ranked[: config.k]]
 
 
@@ -146,6 +164,18 @@ def fill_ranking(
     return ranked + [item for item in more if item.position not in taken][: config.k - len(ranked)]
 
 
+def beam_positions(generated: Sequence[GeneratedQuery]) -> np.ndarray | None:
+    """Catalogue positions of constrained beams, or None when no beam is constrained.
+
+    A constrained beam names its item (the first, for a title several items share); a free beam, or a
+    constrained one the length limit cut before its title ended, gets -1.
+    """
+    items = [getattr(g, "items", None) for g in generated]
+    if all(i is None for i in items):
+        return None
+    return np.array([i[0] if i else -1 for i in items], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class RecommendedItem:
     """One recommendation: catalogue id, title and similarity to the best-matching query."""
@@ -157,16 +187,27 @@ class RecommendedItem:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """Ranked items and the query titles that produced them."""
+    """Ranked items, the query titles that produced them and, when asked for, why each item is there."""
 
     items: list[RecommendedItem]
     queries: list[str]
+    explanations: list[Explanation] | None = None  # one per item (``recommend(..., explain=True)``)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"items": [...], "queries": [...]}``; with explanations each item has an
+        ``explanation`` (``{"parts", "sources", "source_ids"}``, parts adding up to its ``score``)."""
+        items = [asdict(item) for item in self.items]
+        for item, explanation in zip(items, self.explanations or [], strict=False):
+            item["explanation"] = explanation.to_dict()
+        return {"items": items, "queries": list(self.queries)}
 
 
 class Recommender:
     """History in, ranked catalogue items out: generator -> embedder -> index (the GLoSS pipeline).
 
     Without a generator, the last history item's title is the query (the paper's zero-training baseline).
+    With a fusion re-ranker the generator's beams (titles, scores, constrained items) are fusion signals.
+    Items already in the history are removed unless ``exclude_seen`` is False.
     """
 
     def __init__(
@@ -176,13 +217,16 @@ class Recommender:
         index: SearchIndex,
         generator: QueryGenerator | None = None,
         fusion: FusionRanker | None = None,
+        exclude_seen: bool = True,
     ) -> None:
         self.catalog = catalog
         self.embedder = embedder
         self.index = index
         self.generator = generator
         self.fusion = fusion
+        self.exclude_seen = exclude_seen
         self._known = item_texts(catalog)
+        self._rankers: dict[bool, FusionRanker] = {}
 
     @classmethod
     def load(
@@ -192,6 +236,8 @@ class Recommender:
         generation: GenerationConfig | None = None,
         verify: bool = True,
         use_fusion: bool | None = None,
+        exclude_seen: bool = True,
+        constrained: bool = False,
     ) -> Recommender:
         """Open a bundle (checked against its manifest) and its generator if it has one.
 
@@ -201,62 +247,121 @@ class Recommender:
             generation: Beam-search settings.
             verify: Check every file's SHA-256.
             use_fusion: Rank with the fusion re-ranker; None uses it when the bundle has one.
+            exclude_seen: Remove items already in the history (default; False keeps them).
+            constrained: Constrain the generator's beams to catalogue titles (the bundle's trie).
 
         Raises:
             InputError: If the bundle is invalid, or a part that is asked for is missing.
         """
         from gloss.edge.bundle import load_bundle
-        from gloss.edge.generate import LlamaCppGenerator
 
         bundle = load_bundle(bundle_dir, verify=verify)
+        return cls.from_bundle(bundle, use_generator, generation, use_fusion, exclude_seen, constrained)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        use_generator: bool = True,
+        generation: GenerationConfig | None = None,
+        use_fusion: bool | None = None,
+        exclude_seen: bool = True,
+        constrained: bool = False,
+    ) -> Recommender:
+        """A recommender over an already loaded bundle (arguments as in :meth:`load`).
+
+        Raises:
+            InputError: If a part that is asked for is missing.
+        """
+        from gloss.edge.generate import LlamaCppGenerator
+
         generator = None
         if use_generator:
             if bundle.paths.generator is None:
                 raise InputError(
-                    f"{bundle_dir}: bundle has no generator; add one with gloss-export bundle --gguf, "
+                    f"{bundle.dir}: bundle has no generator; add one with gloss-export bundle --gguf, "
                     "or use --last-item"
                 )
-            generator = LlamaCppGenerator.load(bundle.paths.generator, generation or GenerationConfig())
+            generator = LlamaCppGenerator.load(bundle.paths.generator, generation or GenerationConfig(),
+                                               constraint=bundle.open_trie() if constrained else None)
         index = bundle.open_index()
         if use_fusion is None:
             use_fusion = bundle.fusion_meta is not None
         fusion = bundle.open_fusion(index) if use_fusion else None
-        return cls(bundle.catalog, bundle.open_embedder(), index, generator, fusion)
+        return cls(bundle.catalog, bundle.open_embedder(), index, generator, fusion, exclude_seen=exclude_seen)
+
+    def generate_for(self, history: Sequence[str]) -> list[GeneratedQuery]:
+        """The generator's beams for a history of catalogue ids (empty without a generator)."""
+        if self.generator is None:
+            return []
+        titles = self.catalog.titles_of(history)
+        generated = self.generator.generate(titles)
+        kept = getattr(self.generator, "last_items_kept", len(titles))
+        if kept < len(titles):
+            logger.warning("history of %d items: the prompt keeps the newest %d (the model's context is full)",
+                           len(titles), kept)
+        return generated
 
     def queries_for(self, history: Sequence[str]) -> tuple[list[str], int]:
         """Query texts for a history of catalogue ids, and how many neighbours each query contributes.
 
         Without a generator the last item is the query (fusion needs none: it scores recent items itself).
         """
-        titles = self.catalog.titles_of(history)
         if self.generator is None:
-            return ([] if self.fusion else [render_item(titles[-1])]), 0
-        queries = [query_text(g.title) for g in self.generator.generate(titles)]
-        kept = getattr(self.generator, "last_items_kept", len(titles))
-        if kept < len(titles):
-            logger.warning("history of %d items: the prompt keeps the newest %d (the model's context is full)",
-                           len(titles), kept)
-        return queries, 1
+            return ([] if self.fusion else [render_item(self.catalog.title(history[-1]))]), 0
+        return [query_text(g.title) for g in self.generate_for(history)], 1
 
-    def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False) -> Recommendation:
+    def signals(self, generated: Sequence[GeneratedQuery]) -> QuerySignals | None:
+        """Fusion signals of generated beams: title embeddings, beam scores, constrained items."""
+        from gloss.edge.fusion import QuerySignals
+
+        if not generated:
+            return None
+        vectors = embed_queries([query_text(g.title) for g in generated], self.embedder, self.index, self._known)
+        return QuerySignals(vectors, np.array([g.score for g in generated]), beam_positions(generated))
+
+    def ranker(self, exclude_seen: bool) -> FusionRanker:
+        """The fusion ranker with the given seen-item rule (built once per rule)."""
+        if self.fusion is None:
+            raise InputError("this recommender has no fusion re-ranker")
+        if exclude_seen not in self._rankers:
+            self._rankers[exclude_seen] = self.fusion.with_config(exclude_seen=exclude_seen)
+        return self._rankers[exclude_seen]
+
+    def recommend(
+        self, history: Sequence[str], k: int = 10, exclude_seen: bool | None = None, explain: bool = False
+    ) -> Recommendation:
         """Recommend ``k`` items for a history given as catalogue ids or titles, oldest first.
+
+        Args:
+            history: Catalogue ids or titles, oldest first.
+            k: Length of the list.
+            exclude_seen: Remove history items; None uses the recommender's setting (default: remove).
+            explain: Also split each item's score into named parts (:mod:`gloss.edge.explain`).
 
         Raises:
             InputError: On an empty history or an item not in the catalogue.
         """
         asins = self.catalog.resolve_history(history)
-        queries, per_query = self.queries_for(asins)
+        exclude = self.exclude_seen if exclude_seen is None else exclude_seen
         seen = [self.catalog.position(a) for a in asins]
         if self.fusion is not None:
-            vectors = embed_queries(queries, self.embedder, self.index, self._known) if queries else None
-            return self._items(self.fusion.rank(seen, vectors, k=k), queries)
-        config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude_seen)
+            generated = self.generate_for(asins)
+            ranker, signals = self.ranker(exclude), self.signals(generated)
+            queries = [query_text(g.title) for g in generated]
+            ranked = ranker.rank(seen, signals, k=k)
+            notes = explain_fusion(ranker, seen, signals, queries, ranked, self.catalog) if explain else None
+            return self._items(ranked, queries, notes)
+        queries, per_query = self.queries_for(asins)
+        config = RetrievalConfig(k=k, per_query=per_query or k, exclude_seen=exclude)
         depth = min(len(self.index), search_depth(replace(config, per_query=k), len(set(seen))))
         positions, sims = self.index.search(embed_queries(queries, self.embedder, self.index, self._known), depth)
-        ranked = rank_items(positions, sims, seen, config)
-        return self._items(fill_ranking(ranked, positions, sims, seen, config), queries)
+        ranked = fill_ranking(rank_items(positions, sims, seen, config), positions, sims, seen, config)
+        return self._items(ranked, queries, explain_paper(ranked, positions, sims, queries) if explain else None)
 
-    def _items(self, ranked: Sequence[ScoredItem], queries: list[str]) -> Recommendation:
+    def _items(
+        self, ranked: Sequence[ScoredItem], queries: list[str], explanations: list[Explanation] | None = None
+    ) -> Recommendation:
         items = [RecommendedItem(self.catalog.asins[i.position], self.catalog.titles[i.position], i.score)
                  for i in ranked]
-        return Recommendation(items, queries)
+        return Recommendation(items, queries, explanations)

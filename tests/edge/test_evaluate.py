@@ -162,3 +162,85 @@ def test_recommender_warns_when_the_prompt_drops_old_items(world, caplog):
     generator.last_items_kept = 40
     recommender.recommend(history, k=3)
     assert "keeps the newest" not in caplog.text
+
+
+def test_saved_queries_keep_beam_scores_and_positions(world, tmp_path):
+    catalog, embedder, index, examples = world
+    cases = [EvalCase(e.user, e.history, e.target, (f"Title: {catalog.title(e.target)}", "Title: x"), (-0.5, -1.5),
+                      (catalog.position(e.target), -1)) for e in examples[:5]]
+    saved = tmp_path / "saved.jsonl"
+    evaluate(cases, catalog, embedder, index, RetrievalConfig(), source="s", queries_path=saved)
+    assert cases_from_queries_file(saved, catalog) == cases
+    rows = [dict(json.loads(line), scores=[0.1]) for line in saved.read_text().splitlines()]
+    with pytest.raises(InputError, match="'scores' must be a list of 2 numbers, one per query"):
+        cases_from_queries_file(write_queries(tmp_path / "bad.jsonl", rows), catalog)
+
+
+def test_fusion_report_states_the_seen_rule_in_effect(world):
+    from gloss.edge.fusion import FusionConfig, FusionRanker
+    from gloss.export.copurchase import build_copurchase
+
+    catalog, embedder, index, examples = world
+    copurchase = build_copurchase([[catalog.position(a) for a in e.history] for e in examples], len(catalog))
+    for exclude in (True, False):
+        ranker = FusionRanker(catalog, index, copurchase, FusionConfig(exclude_seen=exclude))
+        report = evaluate(cases_last_item(examples, catalog, with_query=False), catalog, embedder, index,
+                          RetrievalConfig(), source="last-item", fusion=ranker)
+        assert report.config["rule"] == "fusion" and report.config["exclude_seen"] is exclude
+        assert f"exclude_seen: {exclude}" in format_report(report).splitlines()[0]
+
+
+def test_recommender_removes_seen_items_unless_asked_to_keep_them(world):
+    from gloss.edge.recommend import Recommender
+
+    catalog, embedder, index, _ = world
+    history = list(catalog.asins[:3])
+    generator = ScriptedGenerator([catalog.titles[2]] * 5)  # the model copies the last history item
+    recommender = Recommender(catalog, embedder, index, generator=generator)
+    assert not {i.asin for i in recommender.recommend(history, k=5).items} & set(history)
+    generator = ScriptedGenerator([catalog.titles[2]] * 5)
+    kept = Recommender(catalog, embedder, index, generator=generator, exclude_seen=False)
+    assert kept.recommend(history, k=5).items[0].asin == catalog.asins[2]
+
+
+def test_holdout_guard_checks_the_sequences_file_hash(tmp_path):
+    from types import SimpleNamespace
+
+    from gloss.edge.evaluate import check_fusion_holdout
+    from gloss.edge.files import sha256_file
+
+    sequences = FIXTURES / "beauty_sequences.jsonl"
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(sequences.read_bytes() + b"\n")
+    meta = {"holdout": 1, "sequences": sequences.name, "sequences_sha256": sha256_file(sequences)}
+    bundle = SimpleNamespace(dir=tmp_path, fusion_meta=meta)
+    check_fusion_holdout(bundle, Split.test, sequences)
+    with pytest.raises(InputError, match="differs from the file the co-purchase statistics were built from"):
+        check_fusion_holdout(bundle, Split.test, other)
+    with pytest.raises(InputError, match="--holdout 1, so they include the validation targets"):
+        check_fusion_holdout(bundle, Split.validation, sequences)
+
+
+def test_recommender_passes_beam_scores_and_constrained_items_to_fusion(world):
+    from gloss.edge.fusion import FusionConfig, FusionRanker, QuerySignals
+    from gloss.edge.generate import GeneratedQuery
+    from gloss.edge.recommend import Recommender, embed_queries, item_texts, query_text
+    from gloss.export.copurchase import build_copurchase
+
+    catalog, embedder, index, examples = world
+    copurchase = build_copurchase([[catalog.position(a) for a in e.history] for e in examples], len(catalog))
+    config = FusionConfig(beam_weight=5.0, copurchase_weight=0.0, num_neighbors=3)
+    ranker = FusionRanker(catalog, index, copurchase, config)
+    beams = [GeneratedQuery(catalog.titles[40], -0.1, "", items=(40,)), GeneratedQuery("free text", -2.0, "")]
+
+    class Beams:
+        def generate(self, history):
+            return beams
+
+    history = list(catalog.asins[:3])
+    got = Recommender(catalog, embedder, index, generator=Beams(), fusion=ranker).recommend(history, k=5)
+    vectors = embed_queries([query_text(b.title) for b in beams], embedder, index, item_texts(catalog))
+    signals = QuerySignals(vectors, np.array([-0.1, -2.0]), np.array([40, -1]))
+    want = ranker.rank([catalog.position(a) for a in history], signals, k=5)
+    assert [i.asin for i in got.items] == [catalog.asins[i.position] for i in want]
+    assert got.items[0].asin == catalog.asins[40]  # the likelier constrained beam's item leads

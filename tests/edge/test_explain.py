@@ -14,7 +14,7 @@ from gloss.edge.bundle import load_bundle
 from gloss.edge.catalog import load_catalog
 from gloss.edge.cli import app
 from gloss.edge.explain import Explanation
-from gloss.edge.fusion import FEATURES
+from gloss.edge.fusion import FEATURES, FusionConfig
 from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.splits import Split, load_sequences, make_examples
@@ -34,7 +34,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     embedder = write_tiny_embedder(root / "embedder", texts=[render_item(t) for t in load_catalog(CATALOG_PATH).titles])
     plain = build_bundle(CATALOG_PATH, root / "plain", embedder_dir=embedder, name="beauty")
     shutil.copytree(plain, root / "fusion")
-    add_fusion(root / "fusion", SEQUENCES_PATH, holdout=1)
+    add_fusion(root / "fusion", SEQUENCES_PATH, holdout=1, config=FusionConfig(query_weight=1.0))  # a query part
     return root
 
 

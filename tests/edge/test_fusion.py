@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -73,8 +74,11 @@ def reference_rank(vectors, sequences, history, queries, config, k):
         co = sum(w * counts[h].get(c, 0.0) / sum(counts[h].values()) for w, h in zip(weights, recent, strict=True)
                  if counts[h])
         query = max((float(np.dot(q, vectors[c])) for q in queries), default=0.0) if queries is not None else 0.0
+        anchors = [0.0, float(np.dot(vectors[c], vectors[recent[0]]))]
+        anchors += [float(np.dot(q, vectors[c])) for q in queries] if queries is not None else []
+        cold = max(anchors) if popularity[c] == 0 else 0.0  # the cold-start prior of items never bought
         score = (config.query_weight * query + config.text_weight * text + config.copurchase_weight * co
-                 + config.popularity_weight * math.log1p(popularity[c]) / top)
+                 + config.popularity_weight * math.log1p(popularity[c]) / top + config.coldstart_weight * cold)
         scored.append((-score, c))
     return [(c, -s) for s, c in sorted(scored)[:k]]
 
@@ -163,3 +167,62 @@ def test_ranker_rejects_mismatched_sizes(setup):
     other = build_copurchase([[0, 1]], len(catalog) + 1)
     with pytest.raises(InputError, match=f"catalogue has {len(catalog)} items, index {len(catalog)}, co-purchase"):
         FusionRanker(catalog, index, other, FusionConfig())
+
+
+def reference_beam_share(vectors, history, signals, config):
+    """Beam probability share per item, the slow way: softmax over beam scores, each beam on its item."""
+    scores = np.asarray(signals.scores, dtype=np.float64) / config.beam_temperature
+    probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    seen = set(history) if config.exclude_seen else set()
+    share: dict[int, float] = defaultdict(float)
+    for j, q in enumerate(signals.vectors):
+        item = -1 if signals.positions is None else int(signals.positions[j])
+        if item < 0:  # a free beam lands on its query's nearest (unseen) item
+            sims = [(-float(np.dot(q, vectors[c])), c) for c in range(len(vectors)) if c not in seen]
+            item = min(sims)[1]
+        share[item] += probs[j]
+    return share
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_beam_feature_is_the_softmax_share_of_beams_on_each_item(setup, constrained, exclude_seen):
+    from gloss.edge.fusion import FEATURES, QuerySignals
+
+    catalog, embedder, index, sequences, copurchase = setup
+    config = FusionConfig(beam_weight=1.0, beam_temperature=0.5, num_neighbors=5, exclude_seen=exclude_seen)
+    ranker = FusionRanker(catalog, index, copurchase, config)
+    rng = np.random.default_rng(0)
+    for user, seq in enumerate(sequences[:8]):
+        history = seq[:-1]
+        picks = rng.choice(len(catalog), 4, replace=False)
+        vectors = embedder.embed([render_item(catalog.titles[p]) + " x" for p in picks])
+        positions = np.array([int(picks[0]), -1, int(picks[2]), int(picks[2])]) if constrained else None
+        signals = QuerySignals(vectors, rng.normal(size=4) * 2, positions)
+        (cands,) = ranker.candidates_batch([history], [signals])
+        want = reference_beam_share(index.vectors(), history, signals, config)
+        got = dict(zip(cands.positions.tolist(), cands.features[:, FEATURES.index("beam")].tolist(), strict=True))
+        for item, share in want.items():
+            if exclude_seen and item in history:
+                assert item not in got, user
+            else:
+                assert got[item] == pytest.approx(share), user  # constrained items are always candidates
+        assert sum(v for i, v in got.items() if i not in want) == 0.0
+
+
+def test_beams_without_scores_weigh_equally_and_bad_signals_are_refused(setup):
+    from gloss.edge.fusion import QuerySignals
+
+    catalog, embedder, index, sequences, copurchase = setup
+    vectors = embedder.embed([render_item(t) for t in catalog.titles[:3]])
+    np.testing.assert_allclose(QuerySignals(vectors).beam_weights(1.0), [1 / 3] * 3)
+    ranker = FusionRanker(catalog, index, copurchase, FusionConfig())
+    bad = [
+        (QuerySignals(vectors, np.zeros(2)), "3 query vectors but beam scores of shape (2,)"),
+        (QuerySignals(vectors, None, np.array([0, 1, len(catalog)])), "constrained beam's position is outside"),
+    ]
+    for signals, message in bad:
+        with pytest.raises(InputError, match=re.escape(message)):
+            ranker.rank(sequences[0][:-1], signals)
+    with pytest.raises(InputError, match="--beam-temperature must be a finite number > 0"):
+        FusionConfig(beam_temperature=0.0)

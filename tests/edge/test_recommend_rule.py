@@ -16,17 +16,20 @@ def reference_ranking(queries, items, seen, config):
         order = [int(i) for i in np.argsort(-row, kind="stable") if not (config.exclude_seen and i in seen)]
         for pos in order[: config.per_query]:
             best[pos] = max(best.get(pos, -np.inf), float(row[pos]))
+    if config.ties == "raw":  # the paper's code: raw float order; bit-identical floats keep first-seen order
+        return sorted(best, key=lambda p: -best[p])[: config.k]
     return sorted(best, key=lambda p: -round(best[p] * 1e5))[: config.k]
 
 
+@pytest.mark.parametrize("ties", ["raw", "beam-order"])
 @pytest.mark.parametrize("per_query", [1, 2])
 @pytest.mark.parametrize("exclude_seen", [False, True])
-def test_rank_items_matches_full_matrix_reference(per_query, exclude_seen):
+def test_rank_items_matches_full_matrix_reference(per_query, exclude_seen, ties):
     rng = np.random.default_rng(3)
     items = rng.standard_normal((200, 16)).astype(np.float32)
     items /= np.linalg.norm(items, axis=1, keepdims=True)
     index = BruteForceIndex(items)
-    config = RetrievalConfig(k=10, per_query=per_query, exclude_seen=exclude_seen)
+    config = RetrievalConfig(k=10, per_query=per_query, exclude_seen=exclude_seen, ties=ties)
     for trial in range(20):
         queries = items[rng.choice(200, 5)] + 0.3 * rng.standard_normal((5, 16)).astype(np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -70,10 +73,18 @@ def test_seen_items_are_kept_by_default_and_dropped_on_request():
     assert rank_items(positions, sims, [7], RetrievalConfig(exclude_seen=True))[0].position == 8
 
 
-def test_near_equal_similarities_keep_beam_order():
+def test_paper_rule_ranks_by_raw_similarity_and_beam_order_ties_is_an_option():
     positions = np.array([[5], [3], [9]])
     sims = np.array([[0.9999999], [1.0000001], [0.5]], dtype=np.float32)
-    assert [i.position for i in rank_items(positions, sims, [], RetrievalConfig())] == [5, 3, 9]
+    assert [i.position for i in rank_items(positions, sims, [], RetrievalConfig())] == [3, 5, 9]
+    beam_order = RetrievalConfig(ties="beam-order")
+    assert [i.position for i in rank_items(positions, sims, [], beam_order)] == [5, 3, 9]
+
+
+def test_exact_float_ties_keep_beam_order_under_the_raw_rule():
+    positions = np.array([[8], [2], [4]])
+    sims = np.array([[0.7], [0.7], [0.9]], dtype=np.float32)
+    assert [i.position for i in rank_items(positions, sims, [], RetrievalConfig())] == [4, 8, 2]
 
 
 def test_padding_positions_are_ignored():
@@ -86,7 +97,8 @@ def test_query_text_matches_item_rendering():
     assert query_text("Foo") == "Title: Foo"
 
 
-@pytest.mark.parametrize("kwargs, flag", [({"k": 0}, "--k"), ({"per_query": 0}, "--per-query")])
+@pytest.mark.parametrize("kwargs, flag", [({"k": 0}, "--k"), ({"per_query": 0}, "--per-query"),
+                                          ({"ties": "float"}, "--ties")])
 def test_config_names_the_bad_flag(kwargs, flag):
     with pytest.raises(InputError, match=flag):
         RetrievalConfig(**kwargs)
