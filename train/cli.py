@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gloss.edge.cli_errors import OneLineErrors
 from gloss.edge.errors import user_errors
 from gloss.edge.logs import setup_logging
 from gloss.edge.splits import Split
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneLineErrors)
+
+
+class Quant(str, Enum):
+    """Base weights while fine-tuning (``fit --quant``)."""
+
+    nf4 = "nf4"
+    none = "none"
+
+
+class Objective(str, Enum):
+    """Training targets per user (``fit --objective``)."""
+
+    last = "last"
+    all = "all"
 
 
 @app.callback()
@@ -69,10 +85,31 @@ def fit(
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
     per_device_batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    load_in_4bit: Annotated[bool | None, typer.Option("--load-in-4bit/--no-load-in-4bit")] = None,
+    load_in_4bit: Annotated[
+        bool | None, typer.Option("--load-in-4bit/--no-load-in-4bit", help="Legacy: = --quant nf4/none.")
+    ] = None,
+    quant: Annotated[
+        Quant | None, typer.Option(help="nf4 = QLoRA (paper, default); none = LoRA on bf16/fp32 weights.")
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Time box: plan the steps from measured throughput to fit.")
+    ] = None,
+    packing: Annotated[
+        bool | None, typer.Option("--packing/--no-packing", help="Padding-free packed batches (default on).")
+    ] = None,
+    pack_length: Annotated[
+        int | None, typer.Option(help="Longest packed row in tokens (default: --max-seq-length).")
+    ] = None,
+    chunked_loss: Annotated[
+        bool | None,
+        typer.Option("--chunked-loss/--no-chunked-loss", help="Logits only at label positions (default on)."),
+    ] = None,
+    objective: Annotated[
+        Objective | None, typer.Option(help="last = paper (one example per user); all = whole history.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT_DIR.")] = False,
 ) -> None:
-    """QLoRA fine-tune a LLaMA-architecture model (flag > --config YAML > paper default)."""
+    """LoRA/QLoRA fine-tune a LLaMA-architecture model (flag > --config YAML > paper default)."""
     from gloss.train.config import load_config
     from gloss.train.data import read_manifest
 
@@ -80,7 +117,9 @@ def fit(
         "data_dir": data_dir, "out_dir": out_dir, "base_model": base_model, "lora_r": lora_r,
         "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
         "per_device_batch_size": per_device_batch_size, "grad_accum": grad_accum,
-        "load_in_4bit": load_in_4bit,
+        "load_in_4bit": load_in_4bit, "quant": quant.value if quant else None, "max_minutes": max_minutes,
+        "packing": packing, "pack_length": pack_length, "chunked_loss": chunked_loss,
+        "objective": objective.value if objective else None,
         "resume": True if resume else None,
     }
     with user_errors():
@@ -102,13 +141,17 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generated tokens per query.")] = 50,
     batch_size: Annotated[int, typer.Option(min=1, help="Users per generate call.")] = 8,
     max_users: Annotated[int | None, typer.Option(min=1, help="Only the first N users.")] = None,
+    constrained: Annotated[bool, typer.Option("--constrained/--free", help="Constrain beams to the catalogue's "
+                                              "titles (a token trie); --free: the paper's free beams.")] = False,
+    trie_path: Annotated[Path | None, typer.Option("--trie", help="Constrain with this saved trie (e.g. a "
+                                                   "bundle's generator/trie.npz) instead of building one.")] = None,
 ) -> None:
     """Write 5-beam queries per user in the format `gloss-edge eval --queries` scores."""
     with user_errors():
         from gloss.train.evaluate import generate_queries
 
         done = generate_queries(run_dir, data_dir, split, out_path, num_beams, max_new_tokens, batch_size,
-                                max_users)
+                                max_users, constrained=constrained, trie_path=trie_path)
     typer.echo(str(done))
 
 

@@ -1,15 +1,21 @@
-"""QLoRA fine-tuning with transformers ``Trainer`` and a completion-only loss.
+"""LoRA/QLoRA fine-tuning with transformers ``Trainer``: completion-only loss, packing, a time box.
+
+The default path computes logits only at label positions (:mod:`gloss.train.loss`), packs each batch without
+padding (:mod:`gloss.train.packing`) and, with ``--max-minutes``, plans its steps from measured throughput
+(:mod:`gloss.train.schedule`). ``--no-chunked-loss --no-packing`` is the earlier path (full logits, padded).
 
 Multi-GPU: run the same command under ``accelerate launch -m gloss.train.cli fit ...`` or
-``torchrun --nproc-per-node N $(which gloss-train) fit ...``; ``Trainer`` does data-parallel training, the
-4-bit model is placed on each process's ``LOCAL_RANK`` device, and only the main process writes the adapter,
-the manifest and ``metrics.jsonl``. The effective batch is ``per_device_batch_size * grad_accum * N``.
+``torchrun --nproc-per-node N $(which gloss-train) fit ...``; ``Trainer`` does data-parallel training (gloo on
+CPU, tested with two processes), the 4-bit model is placed on each process's ``LOCAL_RANK`` device, and only the
+main process writes the adapter, the manifest and ``metrics.jsonl``. The effective batch is
+``per_device_batch_size * grad_accum * N``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -18,82 +24,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.catalog import load_catalog
 from gloss.edge.errors import InputError, require
-from gloss.edge.files import read_jsonl, sha256_file, write_json_atomic
-from gloss.edge.prompt import build_prompt, fit_history, render_item
+from gloss.edge.files import sha256_file, write_json_atomic
 from gloss.edge.splits import Split
 from gloss.train.config import TrainConfig
-from gloss.train.data import MANIFEST_NAME, SPLIT_FILES, gloss_version, read_manifest
-from gloss.train.model import (
-    TokenPolicy,
-    add_lora,
-    load_base_model,
-    resolve_base_model,
-    token_policy,
-    use_bf16,
+from gloss.train.data import MANIFEST_NAME, gloss_version, read_manifest
+from gloss.train.examples import (  # noqa: F401  (re-exported: tests and evaluate import them from here)
+    IGNORE_INDEX,
+    CompletionCollator,
+    encode_example,
+    expand_histories,
+    load_split_titles,
+)
+from gloss.train.loss import install_completion_loss
+from gloss.train.model import add_lora, load_base_model, resolve_base_model, token_policy, use_bf16
+from gloss.train.packing import PackingCollator, check_pack_length
+from gloss.train.schedule import (
+    BestAdapterCallback,
+    StepPlan,
+    TimeBudgetCallback,
+    load_plan,
+    measure_seconds,
+    plan_steps,
+    save_plan,
+    slowest,
 )
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 transformers = require("transformers", "train")
-
-
-def load_split_titles(
-    data_dir: Path, split: Split, max_users: int | None = None
-) -> list[tuple[dict[str, Any], list[str], str]]:
-    """Rows of a prepared split with their history and target titles: ``(row, history_titles, target_title)``.
-
-    Raises:
-        InputError: If the data folder is not a finished ``gloss-train prepare`` output.
-    """
-    read_manifest(data_dir)
-    catalog = load_catalog(Path(data_dir) / "items.jsonl.gz")
-    out = []
-    for row in read_jsonl(Path(data_dir) / SPLIT_FILES[split]):
-        if max_users is not None and len(out) >= max_users:
-            break
-        out.append((row, catalog.titles_of(row["history"]), catalog.title(row["target"])))
-    return out
-
-
-def encode_example(
-    tokenizer: Any, policy: TokenPolicy, history: Sequence[str], target: str, max_seq_length: int
-) -> dict[str, list[int]]:
-    """Token ids and labels of one training text; labels are -100 on every prompt token.
-
-    Prompt and completion (``Title: <target>`` + EOS) are tokenised separately so that the boundary is exact
-    and the prompt ids equal those generation uses; the oldest history items are dropped to fit.
-    """
-    completion = policy.encode_completion(tokenizer, render_item(target))
-    fitted = fit_history(
-        history, lambda text: len(policy.encode_prompt(tokenizer, text)), max_seq_length - len(completion)
-    )
-    prompt = policy.encode_prompt(tokenizer, build_prompt(fitted))
-    return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
-
-
-class CompletionCollator:
-    """Right-pads ``input_ids``/``labels`` of encoded examples into tensors (labels padded with -100)."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
-        """Batch encoded examples."""
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[i, :n] = torch.tensor(f["input_ids"])
-            labels[i, :n] = torch.tensor(f["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 class MetricsLogger(transformers.TrainerCallback):
@@ -153,11 +112,16 @@ def _resume_arg(config: TrainConfig, checkpoint_dir: Path) -> str | None:
     return str(config.resume)
 
 
-def training_arguments(config: TrainConfig, checkpoint_dir: Path) -> Any:
-    """TrainingArguments for the recipe: linear schedule, eval + save each epoch (or at ``max_steps``)."""
+def training_arguments(config: TrainConfig, checkpoint_dir: Path, plan: StepPlan | None = None) -> Any:
+    """TrainingArguments: linear schedule; evaluate + save each epoch, every ``eval_steps``, or at the end."""
     import torch
 
-    every = "epoch" if config.max_steps is None else "steps"
+    max_steps, warmup, every = config.max_steps, config.warmup_steps, config.eval_steps
+    if plan is not None:
+        max_steps, warmup, every = plan.max_steps, plan.warmup_steps, config.eval_steps or plan.eval_steps
+    elif every is None and max_steps is not None:
+        every = max_steps
+    strategy = "epoch" if every is None else "steps"
     return transformers.TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=config.per_device_batch_size,
@@ -165,18 +129,19 @@ def training_arguments(config: TrainConfig, checkpoint_dir: Path) -> Any:
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=config.warmup_steps,
+        warmup_steps=warmup,
         weight_decay=config.weight_decay,
         num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        eval_strategy=every,
-        save_strategy=every,
-        eval_steps=config.max_steps,
-        save_steps=config.max_steps,
+        max_steps=max_steps or -1,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=every,
+        save_steps=every,
         save_total_limit=2,  # with load_best_model_at_end the best checkpoint is always kept
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
+        prediction_loss_only=True,  # never gather validation logits
         logging_steps=config.logging_steps,
         include_num_input_tokens_seen="non_padding",
         bf16=use_bf16(config),
@@ -186,26 +151,92 @@ def training_arguments(config: TrainConfig, checkpoint_dir: Path) -> Any:
         label_names=["labels"],
         report_to=[],
         ddp_find_unused_parameters=False,
+        # CPU data parallel (torchrun on CPU, tests): gloo; a single process must not name a backend at all.
+        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
 
 
-def train(config: TrainConfig) -> Path:
+def encode_splits(config: TrainConfig, tokenizer: Any, policy: Any) -> tuple[list[dict], list[dict]]:
+    """Encoded training examples (``config.objective``) and validation examples.
+
+    Raises:
+        InputError: If a split is empty.
+    """
+    def encode(rows: Sequence[tuple[dict[str, Any], list[str], str]]) -> list[dict[str, list[int]]]:
+        return [encode_example(tokenizer, policy, h, t, config.max_seq_length) for _, h, t in rows]
+
+    train_rows = load_split_titles(config.data_dir, Split.train)
+    if config.objective == "all":
+        train_rows = expand_histories(train_rows)
+    train_set = encode(train_rows)
+    eval_set = encode(load_split_titles(config.data_dir, Split.validation, config.eval_max_users))
+    if not train_set or not eval_set:
+        raise InputError(f"{config.data_dir}: empty train or validation split; prepare more users")
+    logger.info("%d training (objective %s) and %d validation examples", len(train_set), config.objective,
+                len(eval_set))
+    return train_set, eval_set
+
+
+def make_collator(config: TrainConfig, pad_token_id: int, *example_sets: Sequence[dict[str, list[int]]]) -> Any:
+    """The packing collator (checked against the longest example) or the padded one.
+
+    Raises:
+        InputError: If ``--pack-length`` is shorter than an example.
+    """
+    if not config.packing:
+        return CompletionCollator(pad_token_id)
+    check_pack_length([len(e["input_ids"]) for s in example_sets for e in s], config.resolved_pack_length)
+    return PackingCollator(pad_token_id, config.resolved_pack_length)
+
+
+def plan_run(
+    config: TrainConfig, model: Any, collator: Any, train_set: Sequence[dict], eval_set: Sequence[dict],
+    started: float, resuming: bool,
+) -> StepPlan:
+    """Measure throughput and plan the steps of a ``--max-minutes`` run (a resumed run keeps its plan)."""
+    plan = load_plan(config.out_dir) if resuming else None
+    if plan is not None:
+        logger.info("resuming the planned run: %d steps", plan.max_steps)
+        return plan
+    args = training_arguments(config, config.out_dir / "checkpoints")
+    if not getattr(model, "is_loaded_in_4bit", False):
+        model.to(args.device)
+    micro_s, eval_example_s = measure_seconds(model, collator, train_set, eval_set, config.per_device_batch_size,
+                                              args.device, args.bf16, config.seed)
+    world = max(args.world_size, 1)
+    step_s = slowest(micro_s * config.grad_accum)
+    eval_s = slowest(eval_example_s * math.ceil(len(eval_set) / world))
+    per_epoch = max(math.ceil(len(train_set) / (config.per_device_batch_size * config.grad_accum * world)), 1)
+    budget = config.max_minutes * 60 - (time.monotonic() - started)  # type: ignore[operator]
+    plan = plan_steps(budget, step_s, eval_s, per_epoch, config.epochs, config.max_steps, config.warmup_steps)
+    logger.info("time box: %.1f s per step, %.1f s per evaluation -> %d steps (%.2f epochs) in %.0f s",
+                step_s, eval_s, plan.max_steps, plan.epochs, budget)
+    if args.process_index == 0:
+        save_plan(plan, config.out_dir)
+    return plan
+
+
+def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
     """Fine-tune the base model with LoRA on a prepared data folder; keep the best adapter by eval loss.
 
     Args:
         config: The resolved training settings.
+        callbacks: Extra ``TrainerCallback`` objects (benchmarks, tests).
 
     Returns:
-        ``config.out_dir``, holding ``adapter/`` (best adapter + tokenizer), ``checkpoints/``,
-        ``metrics.jsonl`` and ``gloss_manifest.json`` (written last).
+        ``config.out_dir``, holding ``adapter/`` (best adapter + tokenizer, updated at every new best),
+        ``checkpoints/``, ``metrics.jsonl``, ``plan.json`` (time-boxed runs) and ``gloss_manifest.json``
+        (written last).
 
     Raises:
-        InputError: For a data folder that is not prepared, a bad base model or checkpoint folder.
+        InputError: For a data folder that is not prepared, a bad base model or checkpoint folder, a pack
+            length shorter than an example, or a time box too short for one step.
     """
     import torch
 
+    started = time.monotonic()
     data_manifest = read_manifest(config.data_dir)
     out_dir, checkpoint_dir = config.out_dir, config.out_dir / "checkpoints"
     resume_from = _resume_arg(config, checkpoint_dir)
@@ -214,26 +245,28 @@ def train(config: TrainConfig) -> Path:
     transformers.set_seed(config.seed)
     model, tokenizer = load_base_model(config, base)
     policy = token_policy(tokenizer, config.add_bos_token)
-
-    def encode(rows: list[tuple[dict[str, Any], list[str], str]]) -> list[dict[str, list[int]]]:
-        return [encode_example(tokenizer, policy, h, t, config.max_seq_length) for _, h, t in rows]
-
-    train_set = encode(load_split_titles(config.data_dir, Split.train))
-    eval_set = encode(load_split_titles(config.data_dir, Split.validation, config.eval_max_users))
-    if not train_set or not eval_set:
-        raise InputError(f"{config.data_dir}: empty train or validation split; prepare more users")
-    logger.info("%d training and %d validation examples", len(train_set), len(eval_set))
+    train_set, eval_set = encode_splits(config, tokenizer, policy)
+    collator = make_collator(config, policy.pad_token_id, train_set, eval_set)
     model = add_lora(model, config)
+    if config.chunked_loss:
+        install_completion_loss(model, config.loss_chunk_size)
+    if config.packing:
+        model.config.use_cache = False  # transformers only reads packed position_ids when there is no cache
     out_dir.mkdir(parents=True, exist_ok=True)
+    plan, budget = None, TimeBudgetCallback()
+    if config.max_minutes is not None:
+        plan = plan_run(config, model, collator, train_set, eval_set, started, resume_from is not None)
+        budget = TimeBudgetCallback(started + config.max_minutes * 60, plan.eval_seconds)
     trainer = transformers.Trainer(
         model=model,
-        args=training_arguments(config, checkpoint_dir),
+        args=training_arguments(config, checkpoint_dir, plan),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=CompletionCollator(policy.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[transformers.EarlyStoppingCallback(config.early_stopping_patience),
-                   MetricsLogger(out_dir / "metrics.jsonl")],
+                   MetricsLogger(out_dir / "metrics.jsonl"), budget, BestAdapterCallback(out_dir / "adapter"),
+                   *callbacks],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
@@ -249,11 +282,15 @@ def train(config: TrainConfig) -> Path:
                      "manifest_sha256": sha256_file(config.data_dir / MANIFEST_NAME),
                      "counts": data_manifest.get("counts"), "train_examples": len(train_set),
                      "eval_examples": len(eval_set)},
+            "plan": None if plan is None else {**plan.__dict__, "epochs": plan.epochs},
             "result": {"global_step": state.global_step, "epoch": state.epoch,
                        "train_loss": result.training_loss,
                        "best_eval_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
-                       "resumed_from": resume_from, "device": "cuda" if torch.cuda.is_available() else "cpu"},
-            "files": sorted(["adapter", "checkpoints", "metrics.jsonl", MANIFEST_NAME]),
+                       "resumed_from": resume_from, "device": "cuda" if torch.cuda.is_available() else "cpu",
+                       "world_size": trainer.args.world_size,
+                       "seconds": round(time.monotonic() - started, 1)},
+            "files": sorted(["adapter", "checkpoints", "metrics.jsonl", MANIFEST_NAME]
+                            + ([] if plan is None else ["plan.json"])),
         })
         logger.info("best eval loss %s; adapter in %s", state.best_metric, out_dir / "adapter")
     return out_dir

@@ -112,7 +112,7 @@ def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
     require("bitsandbytes", "train")
     transformers = require("transformers", "train")
     if resolve_model_source(source)[1] is not None:  # bitsandbytes quantizes HF weights, not GGUF
-        source = str(_gguf_as_hf_dir(source, config.out_dir / "base-hf", compute_dtype))
+        source = str(gguf_as_hf_dir(source, config.out_dir / "base-hf", compute_dtype))
     quant = transformers.BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -132,8 +132,17 @@ def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _gguf_as_hf_dir(source: str, hf_dir: Path, dtype: Any) -> Path:
-    """Write a GGUF base as a HF folder once (reused on resume), so that bitsandbytes can quantize it."""
+def gguf_as_hf_dir(source: str, hf_dir: Path, dtype: Any) -> Path:
+    """Write a GGUF base as a HF folder once (reused on resume), so that bitsandbytes can quantize it.
+
+    Args:
+        source: The ``.gguf`` file.
+        hf_dir: Output folder; kept if it already holds this source.
+        dtype: Weight dtype of the written model.
+
+    Returns:
+        ``hf_dir``.
+    """
     from gloss.export.merge import load_causal_lm
 
     marker = hf_dir / "gloss_source.txt"

@@ -3,24 +3,33 @@
 #
 #   bash benchmarks/gpu/device_run.sh call1   stash call 1's carry in $ROOT, check the environment, run the
 #                                             smoke test (tiny GGUF: 4-bit fit 3 steps + beam search)  ~40 s
-#   bash benchmarks/gpu/device_run.sh call2   rebuild the GGUF, fit Beauty under a deadline, generate
+#   bash benchmarks/gpu/device_run.sh stash   stash part 2 of the GGUF in $ROOT (the tree is too big for 2 calls)
+#   bash benchmarks/gpu/device_run.sh call2   rebuild the GGUF, measure old vs new training throughput, fit
+#                                             Beauty in a time box (bf16 LoRA, packed, chunked loss), generate
 #                                             validation + as many test users as time allows      <= BUDGET_S
 #
 # Env: DRY_RUN=1 (CPU dry run: skip the CUDA check), ROOT (stash, survives between warm calls; default /tmp/gloss-gpu), PY (default python3), OUT (set by
 # the device tool; default $ROOT/out), BUDGET_S (call 2's own time, default 560), GEN_RESERVE_S (seconds of
-# it kept for generation, default 170), CONFIG (default benchmarks/gpu/beauty-smollm2.yaml), FIT_SET
+# it kept for generation, default 130), THROUGHPUT_STEPS (timed steps per path, default 4), THROUGHPUT_BATCH (default 64), SMOKE_S / SMOKE_GEN_S (time of the smoke fit / generation,
+# default 120 / 90), THROUGHPUT_LIMIT_S
+# (default 150), CONFIG (default benchmarks/gpu/beauty-smollm2.yaml), FIT_SET
 # (extra `--set k=v` words for run_fit.py), GEN_ARGS (extra run_generate.py words), DATA (default
-# $ROOT/data). Files in $OUT (at most 8 come back): call1.log, env.txt | run.log, metrics.jsonl,
+# $ROOT/data). Files in $OUT (at most 8 come back): call1.log, env.txt | run.log, throughput.json, metrics.jsonl,
 # gloss_manifest.json, adapter.tar.gz.00[.01], queries_validation.jsonl.gz, queries_test.jsonl.gz.
 set -euo pipefail
-MODE=${1:?usage: device_run.sh call1|call2}
+MODE=${1:?usage: device_run.sh call1|stash|call2}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CARRY=$REPO/benchmarks/gpu/.carry
 ROOT=${ROOT:-/tmp/gloss-gpu}
 PY=${PY:-python3}
 OUT=${OUT:-$ROOT/out}
 BUDGET_S=${BUDGET_S:-560}
-GEN_RESERVE_S=${GEN_RESERVE_S:-170}
+GEN_RESERVE_S=${GEN_RESERVE_S:-130}
+SMOKE_S=${SMOKE_S:-120}
+SMOKE_GEN_S=${SMOKE_GEN_S:-90}
+THROUGHPUT_STEPS=${THROUGHPUT_STEPS:-4}
+THROUGHPUT_BATCH=${THROUGHPUT_BATCH:-64}
+THROUGHPUT_LIMIT_S=${THROUGHPUT_LIMIT_S:-150}
 CONFIG=${CONFIG:-$REPO/benchmarks/gpu/beauty-smollm2.yaml}
 DATA=${DATA:-$ROOT/data}
 T0=$(date +%s)
@@ -88,20 +97,29 @@ EOF
 
 call1() {
     say "stash call 1's carry in $ROOT"
-    rm -rf "$ROOT/site" "$ROOT/data" "$ROOT/smoke" "$ROOT/smoke-run" "$ROOT/model"
+    rm -rf "$ROOT/site" "$ROOT/data" "$ROOT/smoke" "$ROOT/smoke-run" "$ROOT/model" "$ROOT/model.part2"
     cp -r "$CARRY/call1/site" "$CARRY/call1/data" "$CARRY/call1/smoke" "$ROOT/"
     cp "$CARRY/call1/model.part1" "$CARRY/call1/model.sha256" "$ROOT/"
     setup_env
     say "environment"
     env_report 2>&1 | tee "$OUT/env.txt"
-    say "smoke: fit (tiny GGUF, NF4, 3 steps)"
+    say "smoke: fit (tiny GGUF, LoRA, packing, chunked loss, time box, 3 steps)"
     "$PY" benchmarks/gpu/run_fit.py --config benchmarks/gpu/smoke.yaml --data-dir "$ROOT/smoke/data" \
-        --out-dir "$ROOT/smoke-run" --base-model "$ROOT/smoke/tiny.gguf" --deadline $(($(date +%s) + 120))
+        --out-dir "$ROOT/smoke-run" --base-model "$ROOT/smoke/tiny.gguf" --deadline $(($(date +%s) + SMOKE_S))
+    say "smoke: throughput of the three paths (NF4 padded full logits / NF4 packed chunked / bf16 packed chunked)"
+    "$PY" benchmarks/train_throughput.py --data-dir "$ROOT/smoke/data" --base-model "$ROOT/smoke/tiny.gguf" \
+        --json-out "$ROOT/smoke-throughput.json" --batch-size 4 --steps 1 --max-seq-length 512 >/dev/null
     say "smoke: generate (2 validation + 8 test users)"
     "$PY" benchmarks/gpu/run_generate.py "$ROOT/smoke-run" --out-dir "$ROOT/smoke-gen" \
-        --deadline $(($(date +%s) + 90)) --batch-size 4 --test-max-users 8
+        --deadline $(($(date +%s) + SMOKE_GEN_S)) --batch-size 4 --test-max-users 8
     test -s "$ROOT/smoke-gen/queries_validation.jsonl.gz" && test -s "$ROOT/smoke-gen/queries_test.jsonl.gz"
-    say "SMOKE OK; part 1 of the model is in $ROOT: make call 2 now"
+    say "SMOKE OK; part 1 of the model is in $ROOT: make the stash call now, then call 2"
+}
+
+stash() {
+    [[ -f "$ROOT/model.part1" ]] || { say "MISSING $ROOT/model.part1: run call 1 first, then stash at once"; exit 3; }
+    cp "$CARRY/stash/model.part2" "$ROOT/"
+    say "part 2 of the model is in $ROOT: make call 2 now"
 }
 
 call2() {
@@ -109,27 +127,35 @@ call2() {
         say "BUDGET_S=$BUDGET_S leaves under 120 s for training (GEN_RESERVE_S=$GEN_RESERVE_S)"
         exit 2
     fi
-    if [[ ! -f "$ROOT/model.part1" || ! -d "$ROOT/site" ]]; then
-        say "MISSING $ROOT/model.part1: this machine is not the one call 1 ran on. Run call 1 again, then call 2 at once."
+    if [[ ! -f "$ROOT/model.part1" || ! -f "$ROOT/model.part2" || ! -d "$ROOT/site" ]]; then
+        say "MISSING $ROOT/model.part1 or part2: this machine is not the one calls 1 and stash ran on. Run call 1, stash and call 2 again, back to back."
         exit 3
     fi
     read -r SUM SIZE NAME <"$CARRY/call2/model.sha256"
     mkdir -p "$ROOT/model"
     GGUF=$ROOT/model/$NAME
-    cat "$ROOT/model.part1" "$CARRY/call2/model.part2" >"$GGUF"
+    cat "$ROOT/model.part1" "$ROOT/model.part2" "$CARRY/call2/model.part3" >"$GGUF"
     echo "$SUM  $GGUF" | sha256sum -c --quiet || { say "GGUF checksum mismatch: rerun stage.sh and both calls"; exit 4; }
     say "model rebuilt: $GGUF ($SIZE bytes)"
     setup_env
     END=$((T0 + BUDGET_S))
     FIT_END=$((END - GEN_RESERVE_S))
-    say "fit until $((FIT_END - T0))s at the latest, generate until ${BUDGET_S}s"
+    # Issue 8's baseline: today's NF4 path vs the new default, same GPU, same data, same call (~1-2 min).
+    if ((THROUGHPUT_STEPS > 0)); then  # THROUGHPUT_STEPS=0: all of the budget for training
+        say "throughput: old NF4 path vs new paths, $THROUGHPUT_STEPS steps of $THROUGHPUT_BATCH each"
+        timeout --signal=TERM "$THROUGHPUT_LIMIT_S" "$PY" benchmarks/train_throughput.py --data-dir "$DATA" \
+            --base-model "$GGUF" --json-out "$OUT/throughput.json" --batch-size "$THROUGHPUT_BATCH" \
+            --steps "$THROUGHPUT_STEPS" --max-seq-length 512 >/dev/null \
+            || say "throughput measurement failed or ran out of time (continuing)"
+    fi
+    say "fit until $((FIT_END - T0))s at the latest (time box), generate until ${BUDGET_S}s"
     rm -rf "$ROOT/run"
     # shellcheck disable=SC2086  # FIT_SET is a list of words on purpose
     timeout --signal=TERM $((FIT_END - $(date +%s) + 60)) "$PY" benchmarks/gpu/run_fit.py --config "$CONFIG" \
         --data-dir "$DATA" --out-dir "$ROOT/run" --base-model "$GGUF" --deadline "$FIT_END" \
         ${FIT_SET:+$(printf -- '--set %s ' $FIT_SET)}
     cp "$ROOT/run/metrics.jsonl" "$ROOT/run/gloss_manifest.json" "$OUT/"
-    tar -C "$ROOT/run" -czf "$ROOT/adapter.tar.gz" adapter gloss_manifest.json metrics.jsonl
+    tar -C "$ROOT/run" -czf "$ROOT/adapter.tar.gz" adapter gloss_manifest.json metrics.jsonl plan.json
     split -b 15M -d -a 2 "$ROOT/adapter.tar.gz" "$OUT/adapter.tar.gz."
     say "adapter packed: $(stat -c %s "$ROOT/adapter.tar.gz") bytes in $(ls "$OUT"/adapter.tar.gz.* | wc -l) part(s)"
     # shellcheck disable=SC2086
@@ -141,6 +167,7 @@ call2() {
 # A pipeline, not `exec > >(tee ...)`: the script then waits for tee, so the log is complete in $OUT.
 case "$MODE" in
 call1) call1 2>&1 | tee "$OUT/call1.log" ;;
+stash) stash 2>&1 | tee "$OUT/stash.log" ;;
 call2) call2 2>&1 | tee "$OUT/run.log" ;;
-*) echo "usage: device_run.sh call1|call2" >&2; exit 2 ;;
+*) echo "usage: device_run.sh call1|stash|call2" >&2; exit 2 ;;
 esac

@@ -70,7 +70,9 @@ fi
 say "bundle (llama.cpp) on the first $EVAL_USERS validation users"
 score hf_validation_first --queries "$FILES/queries_validation.jsonl.gz" --max-users "$EVAL_USERS"
 score bundle_validation_first --source bundle --sequences "$DATA_DIR/sequences.jsonl.gz" --split validation \
-    --max-users "$EVAL_USERS"
+    --max-users "$EVAL_USERS" --save-queries "$WORK/eval/bundle_queries_validation.jsonl.gz"
+# Same llama.cpp queries, seen items removed (rescored, not regenerated).
+score bundle_validation_first_exclude_seen --queries "$WORK/eval/bundle_queries_validation.jsonl.gz" --exclude-seen
 say "HF vs llama.cpp beams on $COMPARE_USERS users (n_ctx $MAX_SEQ, as in training)"
 "$PY" benchmarks/gpu/compare_queries.py "$FILES/queries_validation.jsonl.gz" --catalog "$DATA_DIR/items.jsonl.gz" \
     --n-ctx "$MAX_SEQ" --gguf "$WORK/model-f16.gguf" --gguf "$WORK/model-q8_0.gguf" \

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Build what the two device calls carry (run HERE, on the CPU machine, right before the calls; ~1 min).
+# Build what the three device calls carry (run HERE, on the CPU machine, right before the calls; ~1 min).
 #
 #   benchmarks/gpu/.carry/call1/  site/   bitsandbytes 0.50.2 (CUDA 13.0 + CPU libraries only) and gguf 0.19.0,
 #                                         unpacked wheels with their dist-info (transformers checks versions)
 #                                 data/   `gloss-train prepare` of Beauty (the paper's splits)
 #                                 smoke/  tiny random LLaMA GGUF with SmolLM2's tokenizer + 40 users' data
 #                                 model.part1, model.sha256   first bytes of the SmolLM2 GGUF
-#   benchmarks/gpu/.carry/call2/  model.part2, model.sha256   the rest of it
+#   benchmarks/gpu/.carry/stash/  model.part2, model.sha256   the next bytes (a call that only stashes them)
+#   benchmarks/gpu/.carry/call2/  model.part3, model.sha256   the rest of it
 #
-# The GGUF (98.4 MB) is split so that both calls carry about the same (~56 MiB each, tree included); the tool
-# refuses a call over 64 MiB. The script measures the working tree and checks both calls.
+# The tool refuses a call over 64 MiB (working tree included, now ~11 MB with the shipped adapter), so the GGUF
+# (98.4 MB) no longer fits two calls beside the rest of call 1: part 1 fills call 1, parts 2 and 3 share the rest.
+# The script measures the working tree and checks every call.
 #
 # Env: PY (python with gloss installed; default python3), BEAUTY_DIR (items/sequences .jsonl.gz; default
 # /work/shared/data/amazon2014/beauty), WHEEL_DIR (pip download cache; default /tmp/gloss-gpu-wheels),
@@ -25,7 +27,8 @@ LIMIT=$((64 * 1024 * 1024))
 
 git check-ignore -q "$CARRY/x" || { echo "error: $CARRY is not ignored by git; add it to .gitignore" >&2; exit 2; }
 mkdir -p "$CARRY/call1" "$CARRY/call2" "$WHEEL_DIR"
-rm -rf "$CARRY/call1/site" "$CARRY/call1/smoke" "$CARRY"/call1/model.* "$CARRY"/call2/*
+mkdir -p "$CARRY/stash"
+rm -rf "$CARRY/call1/site" "$CARRY/call1/smoke" "$CARRY"/call1/model.* "$CARRY"/call2/* "$CARRY"/stash/*
 
 echo "== wheels: bitsandbytes 0.50.2 (manylinux x86_64), gguf 0.19.0"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -67,23 +70,28 @@ TREE=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -
 [[ -d shared ]] && TREE=$((TREE + $(du -sb shared | cut -f1)))
 ROOM=$((LIMIT - TREE - RESERVE_MIB * 1024 * 1024 - 65536))  # 64 KiB: folder entries, model.sha256
 
-echo "== model: split the SmolLM2 GGUF"
+echo "== model: split the SmolLM2 GGUF in three"
 GGUF=$("$PY" -c 'from gloss.export.merge import default_base_gguf; print(default_base_gguf())')
 SIZE=$(stat -c %s "$GGUF")
 OTHER1=$(du -sb "$CARRY/call1" | cut -f1)
-PART2=$(((SIZE + OTHER1) / 2))  # both calls equally full: the most headroom under the limit for each
-PART2=$((PART2 < ROOM ? PART2 : ROOM))
-PART1=$((SIZE - PART2))
+PART1=$((ROOM - OTHER1))  # call 1 full; the stash call and call 2 share the rest equally
+((PART1 > 0)) || { echo "error: call 1 has no room for part 1 (tree $TREE + carry $OTHER1)" >&2; exit 1; }
+PART1=$((PART1 < SIZE ? PART1 : SIZE))
+PART2=$(((SIZE - PART1) / 2))
+PART3=$((SIZE - PART1 - PART2))
 head -c "$PART1" "$GGUF" >"$CARRY/call1/model.part1"
-tail -c "$PART2" "$GGUF" >"$CARRY/call2/model.part2"
+dd if="$GGUF" of="$CARRY/stash/model.part2" bs=1M iflag=skip_bytes,count_bytes skip="$PART1" count="$PART2" \
+    status=none
+tail -c "$PART3" "$GGUF" >"$CARRY/call2/model.part3"
 SUM=$(sha256sum "$GGUF" | cut -d' ' -f1)
-printf '%s  %s  %s\n' "$SUM" "$SIZE" "$(basename "$GGUF")" | tee "$CARRY/call1/model.sha256" >"$CARRY/call2/model.sha256"
-cat "$CARRY/call1/model.part1" "$CARRY/call2/model.part2" | sha256sum | grep -q "^$SUM " \
-    || { echo "error: the two parts do not rebuild $GGUF" >&2; exit 1; }
+printf '%s  %s  %s\n' "$SUM" "$SIZE" "$(basename "$GGUF")" | tee "$CARRY/call1/model.sha256" \
+    "$CARRY/stash/model.sha256" >"$CARRY/call2/model.sha256"
+cat "$CARRY/call1/model.part1" "$CARRY/stash/model.part2" "$CARRY/call2/model.part3" | sha256sum | grep -q "^$SUM " \
+    || { echo "error: the three parts do not rebuild $GGUF" >&2; exit 1; }
 
 echo "== sizes (limit per call: 64 MiB = $LIMIT bytes, tree + carry)"
 status=0
-for call in call1 call2; do
+for call in call1 stash call2; do
     bytes=$(du -sb "$CARRY/$call" | cut -f1)
     total=$((TREE + bytes))
     verdict=ok
@@ -91,6 +99,5 @@ for call in call1 call2; do
     printf '%s: tree %d + carry %d = %d bytes (%.1f MiB) %s\n' "$call" "$TREE" "$bytes" "$total" \
         "$(echo "$total / 1048576" | bc -l)" "$verdict"
 done
-((PART1 > 0)) || echo "note: the GGUF fits call 2 alone (part 1 is empty)"
-du -sh "$CARRY"/call1/* "$CARRY"/call2/*
+du -sh "$CARRY"/call1/* "$CARRY"/stash/* "$CARRY"/call2/*
 exit $status

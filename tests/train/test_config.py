@@ -147,3 +147,19 @@ def test_option_errors_are_one_error_line(args, message):
     assert result.exit_code == 2, result.output
     assert error_line(result.output).startswith(f"Error: {message}")
     assert "╭" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("values", "quant", "load_in_4bit"),
+    [({}, "nf4", True), ({"quant": "none"}, "none", False), ({"load_in_4bit": False}, "none", False),
+     ({"quant": "nf4", "load_in_4bit": True}, "nf4", True)],
+)
+def test_quant_and_its_legacy_alias_resolve_together(values, quant, load_in_4bit):
+    config = TrainConfig(data_dir=Path("d"), **values)
+    assert (config.quant, config.load_in_4bit) == (quant, load_in_4bit)
+
+
+def test_new_defaults_are_packing_and_chunked_loss_without_a_time_box():
+    config = TrainConfig(data_dir=Path("d"), max_seq_length=512)
+    assert config.packing and config.chunked_loss and config.resolved_pack_length == 512
+    assert config.max_minutes is None and config.objective == "last"
