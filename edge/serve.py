@@ -1,78 +1,406 @@
-"""A small JSON-over-HTTP server around a Recommender (one request at a time: llama.cpp contexts are not
-thread-safe)."""
+"""``gloss-edge serve``: a thin ASGI app (starlette on uvicorn) over one worker that owns the Recommender.
+
+``POST /recommend`` ``{"history": [...], "k": 10, "include_seen": false, "explain": false}`` ->
+``{"items": [...], "queries": [...]}``;
+``GET /health``; ``GET /metrics`` (Prometheus text). Every error is JSON ``{"error": ...}``.
+
+A request goes: uvicorn's h11 protocol parses HTTP (:func:`guarded_h11_protocol` adds a deadline for the
+request head, since uvicorn waits forever for a silent client, and JSON 400s for requests h11 rejects, such
+as a non-numeric or negative Content-Length); the app reads the body under a size and a time limit, checks
+it on the event loop (gloss.edge.server_request: bad input never takes a queue slot), queues it
+(gloss.edge.server_queue: full -> 503 with Retry-After) and waits up to the request timeout (-> 504) for the
+worker thread, the only thread that touches the Recommender (llama.cpp contexts are not thread-safe).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import json
 import logging
-from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from gloss.edge.errors import GlossError
+from gloss.edge.errors import GlossError, InputError, require
 from gloss.edge.recommend import Recommender
+from gloss.edge.server_metrics import CONTENT_TYPE, ServerMetrics
+from gloss.edge.server_queue import QueueClosedError, QueueFullError, RequestQueue, Worker
+from gloss.edge.server_request import (
+    MAX_BODY_BYTES,
+    MAX_HISTORY_ITEMS,
+    RecommendRequest,
+    handle_request,
+    parse_request,
+    run_batch,
+)
+
+__all__ = ["ServeConfig", "RecommendService", "Server", "handle_request", "make_app", "make_server"]
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
+# Without an LLM, a batch turns per-request index scans into one matrix product (benchmarks/results/load.md:
+# rows no-llm vs no-llm-batch1). With the LLM, batching runs several beam searches together (generate_batch);
+# it stays opt-in (--max-batch) until benchmarks/load.py shows a gain for it on a quiet machine.
+NO_LLM_BATCH = 8
+# A request is admitted only if the queue ahead is expected to answer it within this share of the request
+# timeout: LLM service times vary (prompt length, searches that run to the token cap), and a queue filled up
+# to the full timeout turns that variance into 504s. Throughput is the same while the queue never drains.
+ADMISSION_SHARE = 0.5
 
 
-def handle_request(recommender: Recommender, body: bytes) -> tuple[int, dict[str, Any]]:
-    """Answer one ``POST /recommend`` body: ``{"history": [...], "k": 10, "exclude_seen": false}``.
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits of the server (defaults: one laptop CPU, one recommendation at a time).
 
-    Returns:
-        HTTP status and the JSON reply (``{"items", "queries"}`` or ``{"error"}``).
+    Attributes:
+        queue_size: Requests that may wait for the worker; more get 503 with Retry-After.
+        max_batch: Requests the worker takes at once; None: :data:`NO_LLM_BATCH` without a generator, 1 with one.
+        request_timeout_s: Longest wait for an answer once queued (504 after it). A request that the queue
+            ahead is expected to keep waiting longer than half of this is refused at once (503) instead.
+        read_timeout_s: Time to receive a request head, and then its body (408 after it: e.g. a
+            Content-Length longer than the body); a connection that sends nothing is closed after it.
+        max_body_bytes: Largest body (413 above it).
+        max_history_items: Newest history items kept; older ones are dropped before any work.
+        keep_alive_s: An idle keep-alive connection is closed after this.
+        backlog: Listen backlog of the socket.
+        max_connections: Open connections at most; uvicorn answers 503 above it.
     """
+
+    queue_size: int = 64
+    max_batch: int | None = None
+    request_timeout_s: float = 30.0
+    read_timeout_s: float = 10.0
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_history_items: int = MAX_HISTORY_ITEMS
+    keep_alive_s: float = 5.0
+    backlog: int = 2048
+    max_connections: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "max_batch", "max_body_bytes", "max_history_items", "backlog", "max_connections"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.removesuffix('_s').replace('_', '-')} must be > 0, "
+                                 f"got {getattr(self, name)}")
+
+
+class RecommendService:
+    """The server's state: the queue, the worker that owns the Recommender, the metrics.
+
+    Args:
+        recommender: Used only from the worker thread (and its catalogue, read-only, to check requests).
+        config: Limits.
+    """
+
+    def __init__(self, recommender: Recommender, config: ServeConfig) -> None:
+        self.recommender, self.config = recommender, config
+        max_batch = config.max_batch or (1 if recommender.generator is not None else NO_LLM_BATCH)
+        self.queue = RequestQueue(config.queue_size, max_batch, max_wait_s=config.request_timeout_s * ADMISSION_SHARE)
+        self.worker = Worker(self.queue, lambda requests: run_batch(recommender, requests))
+        self.metrics = ServerMetrics(paths=("/recommend", "/health", "/metrics"))
+
+    def start(self) -> None:
+        """Start the worker and send one recommendation through it before any client.
+
+        The warm-up pages the model in (the first search is the slowest) and gives the admission rule its
+        first service time, so a burst of clients at startup is admitted by measurement, not by hope.
+
+        Raises:
+            GlossError: If the warm-up recommendation fails (a broken bundle should not start serving).
+        """
+        self.worker.start()
+        start = time.perf_counter()
+        status, reply = self.queue.submit(RecommendRequest((self.recommender.catalog.asins[0],))).result()
+        if status != 200:
+            raise GlossError(f"warm-up recommendation failed ({status}): {reply.get('error')}")
+        logger.info("warm-up recommendation: %.0f ms", (time.perf_counter() - start) * 1000)
+
+    def stop(self) -> None:
+        """Reject queued requests (503), let the running one finish, stop the worker."""
+        if not self.worker.stop(self.config.request_timeout_s):
+            logger.warning("worker still busy after %.0f s; exiting anyway", self.config.request_timeout_s)
+        logger.info("worker stopped")
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """Values read at scrape time for ``/metrics``."""
+        return {
+            "queue_depth": ("Requests waiting for the worker.", self.queue.depth),
+            "queue_capacity": ("Requests that may wait for the worker.", self.config.queue_size),
+            "requests_running": ("Requests the worker is running.", self.queue.running),
+            "service_seconds": ("Running mean of worker seconds per request.", self.queue.service_s or 0.0),
+        }
+
+    async def answer(self, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Check, queue and await one body: (status, JSON reply, extra headers)."""
+        try:
+            request = parse_request(body, self.recommender.catalog, self.config.max_history_items)
+        except InputError as exc:
+            return 400, {"error": str(exc)}, {}
+        try:
+            future = self.queue.submit(request)
+        except QueueFullError as exc:  # close too: a client backing off should not hold an idle connection
+            return 503, {"error": f"{exc}; retry after {exc.retry_after_s} s"}, {
+                "Retry-After": str(exc.retry_after_s), "Connection": "close"}
+        except QueueClosedError as exc:
+            return 503, {"error": str(exc)}, {"Connection": "close"}
+        try:
+            status, reply = await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
+        except asyncio.TimeoutError:  # wait_for cancelled the job: the worker skips it unless it has started
+            return 504, {"error": f"no answer within the {self.config.request_timeout_s:g} s request timeout"}, {}
+        except QueueClosedError as exc:
+            return 503, {"error": str(exc)}, {"Connection": "close"}
+        except Exception as exc:  # the worker survived it; the client gets a JSON 500
+            return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}, {}
+        return status, reply, {}
+
+
+class BodyTooLargeError(Exception):
+    """The body grew past the limit while it was read."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
     try:
-        request = json.loads(body or b"{}")
-    except json.JSONDecodeError as exc:
-        return 400, {"error": f"body is not JSON: {exc.msg}"}
-    if not isinstance(request, dict) or not isinstance(request.get("history"), list):
-        return 400, {"error": "expected a JSON object with 'history': a list of item ids or titles"}
-    k = request.get("k", 10)
-    if not isinstance(k, int) or not 1 <= k <= 1000:
-        return 400, {"error": f"'k' must be an integer in [1, 1000], got {k!r}"}
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _recommend(service: RecommendService, request: Any) -> Any:
+    """POST /recommend: size and time limits on the body, then the service."""
+    config = service.config
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+        return _json(413, {"error": f"body of {declared} bytes is over the {config.max_body_bytes}-byte limit"},
+                     {"Connection": "close"})
     try:
-        result = recommender.recommend(request["history"], k=k, exclude_seen=bool(request.get("exclude_seen")))
-    except GlossError as exc:
-        return 400, {"error": str(exc)}
-    return 200, {"items": [asdict(item) for item in result.items], "queries": result.queries}
+        body = await asyncio.wait_for(_read_body(request, config.max_body_bytes), config.read_timeout_s)
+    except BodyTooLargeError:
+        return _json(413, {"error": f"body is over the {config.max_body_bytes}-byte limit"}, {"Connection": "close"})
+    except asyncio.TimeoutError:
+        expected = f" of the {declared} bytes announced" if declared else ""
+        return _json(408, {"error": f"body{expected} not received within {config.read_timeout_s:g} s"},
+                     {"Connection": "close"})
+    status, payload, headers = await service.answer(body)
+    return _json(status, payload, headers)
 
 
-def make_handler(recommender: Recommender) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to ``recommender``."""
+def make_app(service: RecommendService) -> Any:
+    """The starlette app: ``POST /recommend``, ``GET /health``, ``GET /metrics``; JSON errors everywhere.
 
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    Its lifespan starts the worker and stops it (rejecting what is still queued) on shutdown.
+    """
+    require("starlette", "edge")
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            if self.path == "/health":
-                self._reply(200, {"status": "ok", "items": len(recommender.catalog)})
-            else:
-                self._reply(404, {"error": "use POST /recommend or GET /health"})
+    async def recommend(request: Request) -> Response:
+        start = time.perf_counter()
+        response = await _recommend(service, request)
+        service.metrics.observe_latency(time.perf_counter() - start)
+        service.metrics.count_request("/recommend", response.status_code)
+        return response
 
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/recommend":
-                self._reply(404, {"error": "use POST /recommend"})
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                self._reply(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
-                return
-            self._reply(*handle_request(recommender, self.rfile.read(length)))
+    async def health(request: Request) -> Response:
+        stopping = service.queue.closed
+        response = _json(503 if stopping else 200, {
+            "status": "stopping" if stopping else "ok", "items": len(service.recommender.catalog),
+            "generator": service.recommender.generator is not None, "queue_depth": service.queue.depth,
+        })
+        service.metrics.count_request("/health", response.status_code)
+        return response
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            logger.info("%s %s", self.address_string(), format % args)
+    async def metrics(request: Request) -> Response:
+        service.metrics.count_request("/metrics", 200)
+        return Response(service.metrics.render(service.gauges()), media_type=CONTENT_TYPE)
 
-    return Handler
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        service.metrics.count_request(request.url.path, status)
+        return _json(status, {"error": f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}; "
+                              "use POST /recommend, GET /health or GET /metrics"}, getattr(exc, "headers", None))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(service.start)
+            yield
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    routes = [Route("/recommend", recommend, methods=["POST"]), Route("/health", health, methods=["GET"]),
+              Route("/metrics", metrics, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
 
 
-def make_server(recommender: Recommender, host: str = "127.0.0.1", port: int = 8080) -> HTTPServer:
-    """Bind the server (port 0 picks a free port); call ``serve_forever()`` on it."""
-    return HTTPServer((host, port), make_handler(recommender))
+def guarded_h11_protocol(read_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request head and JSON 400 replies."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(read_timeout_s, self._head_timeout)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _waiting_for_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self._waiting_for_head() and not self.transport.is_closing():
+                logger.debug("closing a connection that sent no request head within %.0f s", read_timeout_s)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._waiting_for_head():
+                self._disarm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._waiting_for_head():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": "invalid HTTP request (request line, header or Content-Length); "
+                                        "send POST /recommend with a JSON body"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def bind_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+
+
+class Server:
+    """A bound server: run it with :meth:`serve_forever` (in this thread or another), stop it with :meth:`shutdown`.
+
+    Args:
+        recommender: Used only by the worker thread.
+        host: Address to bind; anything but loopback is logged as a warning (the server has no auth).
+        port: Port; 0 picks a free one (see ``server_address``).
+        config: Limits.
+    """
+
+    def __init__(self, recommender: Recommender, host: str, port: int, config: ServeConfig) -> None:
+        uvicorn = require("uvicorn", "edge")
+        if not is_loopback(host):
+            logger.warning("binding %s: the server is reachable from other machines and has no authentication",
+                           host)
+        self.service = RecommendService(recommender, config)
+        self.socket = bind_socket(host, port, config.backlog)
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self._uvicorn = uvicorn.Server(uvicorn.Config(
+            make_app(self.service), http=guarded_h11_protocol(config.read_timeout_s), loop="asyncio",
+            lifespan="on", timeout_keep_alive=config.keep_alive_s, backlog=config.backlog,
+            limit_concurrency=config.max_connections, timeout_graceful_shutdown=config.request_timeout_s,
+            access_log=False, log_config=None, log_level="warning",
+        ))
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8080``."""
+        host, port = self.server_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @property
+    def started(self) -> bool:
+        """True once the worker runs and the socket accepts connections."""
+        return bool(self._uvicorn.started)
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` or SIGINT/SIGTERM; then finish in-flight requests and reject queued ones.
+
+        After a graceful shutdown on SIGTERM it raises ``SystemExit(0)`` (uvicorn re-raises the signal it
+        handled, and the default action would end the process with -15 before the caller's cleanup).
+        """
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _exit_cleanly) if main else None
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        except SystemExit as exc:  # uvicorn exits (code 3) when the app's startup fails
+            if self._uvicorn.started:
+                raise
+            raise GlossError("the server did not start (see the error logged above)") from exc
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+            self._stopped.set()
+        if not self._uvicorn.started:
+            raise GlossError("the server did not start (see the error logged above)")
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Ask :meth:`serve_forever` (running in another thread) to stop, and wait until it has."""
+        self._uvicorn.should_exit = True
+        self._stopped.wait(timeout_s)
+
+    def server_close(self) -> None:
+        """Close the listening socket."""
+        self.socket.close()
+
+
+def make_server(
+    recommender: Recommender, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig | None = None
+) -> Server:
+    """Bind a server (port 0 picks a free port); call ``serve_forever()`` on it."""
+    return Server(recommender, host, port, config or ServeConfig())
