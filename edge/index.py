@@ -1,4 +1,9 @@
-"""Nearest-neighbour search over catalogue embeddings (usearch file format, exact search by default)."""
+"""Nearest-neighbour search over catalogue embeddings (usearch file format, exact search by default).
+
+The file stores the vectors as float32, float16 or int8 (usearch ``dtype``); search always runs in
+float32 over the stored (possibly rounded) vectors, so a compact file changes similarities by the
+rounding only (see ``benchmarks/footprint.py`` for the effect on Recall@5).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ DEFAULT_EXPANSION_ADD = 256
 DEFAULT_CONNECTIVITY = 32
 ADD_CHUNK = 2048
 EXACT_BLOCK_FLOATS = 1 << 24  # bound on the (queries x items) similarity block held at once
+INDEX_DTYPES = ("f32", "f16", "i8")  # usearch scalar kinds for the stored vectors
+# f16: 12 instead of 21 MiB for Beauty, same Recall@5 and NDCG@5 within noise on validation users
+# (benchmarks/footprint.py); i8 (8 MiB) also stayed within noise but changes more users' hits.
+DEFAULT_INDEX_DTYPE = "f16"
 
 
 def _usearch_index() -> Any:
@@ -70,10 +79,11 @@ def read_index_header(path: Path) -> dict[str, int]:
     """Read an index file's header (cheap: no vectors are loaded).
 
     Returns:
-        ``{"dim": ..., "num_items": ...}``.
+        ``{"dim": ..., "num_items": ..., "dtype": ...}`` (dtype: one of :data:`INDEX_DTYPES`).
 
     Raises:
-        InputError: If the file is missing or is not a usearch index of inner-product vectors.
+        InputError: If the file is missing or is not a usearch index of inner-product vectors of a
+            supported dtype.
     """
     path = Path(path)
     if not path.is_file():
@@ -87,7 +97,10 @@ def read_index_header(path: Path) -> dict[str, int]:
     metric = getattr(meta["kind_metric"], "name", str(meta["kind_metric"])).lower()
     if metric != METRIC:
         raise InputError(f"{path}: index metric is {metric!r}, expected {METRIC!r}; rebuild the index")
-    return {"dim": int(meta["dimensions"]), "num_items": int(meta["count_present"])}
+    dtype = getattr(meta["kind_scalar"], "name", str(meta["kind_scalar"])).lower()
+    if dtype not in INDEX_DTYPES:
+        raise InputError(f"{path}: index stores {dtype!r} vectors, expected one of {INDEX_DTYPES}; rebuild the index")
+    return {"dim": int(meta["dimensions"]), "num_items": int(meta["count_present"]), "dtype": dtype}
 
 
 class ItemIndex:
@@ -96,12 +109,20 @@ class ItemIndex:
     The usearch file holds the vectors and an HNSW graph. ``search(exact=True)`` (the default) scans all
     vectors with a matrix product; ``exact=False`` walks the HNSW graph.
 
+    A loaded index lets go of the usearch file once :meth:`vectors` has read the float32 matrix (exact search
+    and fusion need only that), which keeps the mapped file out of the process's RSS; ``exact=False`` and
+    :meth:`save` reopen it.
+
     Use :meth:`build` or :meth:`load`; the constructor wraps an existing ``usearch.index.Index``.
     """
 
     def __init__(self, index: Any, expansion_search: int = DEFAULT_EXPANSION_SEARCH) -> None:
-        self._index = index
+        self._index: Any = index
         self._index.expansion_search = expansion_search
+        self._expansion_search = expansion_search
+        self._dim, self._len = int(index.ndim), len(index)
+        self._dtype = str(getattr(index.dtype, "name", index.dtype)).lower()
+        self._source: tuple[Path, bool] | None = None  # (path, view) to reopen a released file
         self._matrix: np.ndarray | None = None
 
     @classmethod
@@ -112,6 +133,7 @@ class ItemIndex:
         connectivity: int = DEFAULT_CONNECTIVITY,
         expansion_add: int = DEFAULT_EXPANSION_ADD,
         expansion_search: int = DEFAULT_EXPANSION_SEARCH,
+        dtype: str = DEFAULT_INDEX_DTYPE,
     ) -> ItemIndex:
         """Index ``vectors``; row ``i`` gets key ``i`` (its catalogue position).
 
@@ -121,17 +143,22 @@ class ItemIndex:
             connectivity: HNSW graph degree.
             expansion_add: HNSW candidate list size while adding.
             expansion_search: HNSW candidate list size while searching (``exact=False``).
+            dtype: How the file stores the vectors: ``f32``, ``f16`` (half the vector bytes) or ``i8`` (a
+                quarter; usearch truncates components toward zero to multiples of 1/127, so unit vectors
+                shrink by a few percent). Search uses the stored vectors.
 
         Returns:
             The index.
 
         Raises:
-            InputError: If ``vectors`` is not a finite non-empty 2-D float matrix.
+            InputError: If ``vectors`` is not a finite non-empty 2-D float matrix or ``dtype`` is unknown.
         """
+        if dtype not in INDEX_DTYPES:
+            raise InputError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {dtype!r}")
         matrix = check_vectors(vectors, "catalogue vectors")
         num_items, dim = matrix.shape
         index = _usearch_index()(
-            ndim=dim, metric=METRIC, dtype="f32", connectivity=connectivity, expansion_add=expansion_add
+            ndim=dim, metric=METRIC, dtype=dtype, connectivity=connectivity, expansion_add=expansion_add
         )
         disable = not progress_enabled(show_progress, logger)
         with tqdm(total=num_items, desc="index", unit="item", disable=disable) as bar:
@@ -139,9 +166,10 @@ class ItemIndex:
                 chunk = matrix[start : start + ADD_CHUNK]
                 index.add(np.arange(start, start + len(chunk), dtype=np.uint64), chunk)
                 bar.update(len(chunk))
-        logger.info("indexed %d vectors of dim %d", num_items, dim)
+        logger.info("indexed %d vectors of dim %d as %s", num_items, dim, dtype)
         built = cls(index, expansion_search=expansion_search)
-        built._matrix = matrix
+        if dtype == "f32":
+            built._matrix = matrix  # else vectors() reads the rounded ones back, as a loaded index does
         return built
 
     @classmethod
@@ -156,7 +184,7 @@ class ItemIndex:
             expansion_search: HNSW candidate list size for ``exact=False``.
 
         Raises:
-            InputError: If the file is missing or is not a usearch index of inner-product float32 vectors.
+            InputError: If the file is missing or is not a usearch index of inner-product vectors.
         """
         path = Path(path)
         read_index_header(path)
@@ -170,26 +198,52 @@ class ItemIndex:
         if index is None:
             raise InputError(f"{path}: cannot open the index; rebuild it with gloss-export bundle")
         logger.debug("opened index %s: %d items, dim %d, view=%s", path, len(index), index.ndim, view)
-        return cls(index, expansion_search=expansion_search)
+        loaded = cls(index, expansion_search=expansion_search)
+        loaded._source = (path, view)
+        return loaded
+
+    def _raw(self) -> Any:
+        """The usearch index, reopened from its file if :meth:`vectors` released it."""
+        if self._index is None:
+            if self._source is None:
+                raise RuntimeError("released index without a source file")  # unreachable: only loaded ones release
+            path, view = self._source
+            self._index = _usearch_index().restore(path, view=view)
+            self._index.expansion_search = self._expansion_search
+        return self._index
 
     @property
     def dim(self) -> int:
         """Vector width."""
-        return int(self._index.ndim)
+        return self._dim
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self._len
+
+    @property
+    def dtype(self) -> str:
+        """How the stored vectors are typed: one of :data:`INDEX_DTYPES`."""
+        return self._dtype
 
     @property
     def expansion_search(self) -> int:
         """HNSW candidate list size used by ``search(exact=False)``."""
-        return int(self._index.expansion_search)
+        return self._expansion_search
 
     def vectors(self) -> np.ndarray:
-        """All item vectors, row ``i`` = catalogue position ``i`` (read once from the index, then cached)."""
+        """All item vectors as float32, row ``i`` = catalogue position ``i`` (read once, then cached).
+
+        An f16 or i8 index gives its stored (rounded) vectors converted to float32 (i8 as value / 127).
+        """
         if self._matrix is None:
-            rows = self._index.get(np.arange(len(self), dtype=np.uint64))
-            self._matrix = np.ascontiguousarray(np.vstack(rows), dtype=np.float32)
+            raw = self._raw()
+            matrix = np.empty((len(self), self.dim), dtype=np.float32)
+            for start in range(0, len(self), ADD_CHUNK):  # in chunks: no second full copy at any time
+                keys = np.arange(start, min(start + ADD_CHUNK, len(self)), dtype=np.uint64)
+                matrix[start : start + len(keys)] = np.vstack(raw.get(keys, dtype=np.float32))
+            self._matrix = matrix
+            if self._source is not None:
+                self._index = None  # drop the mapped file; _raw() reopens it for HNSW search or save
         return self._matrix
 
     def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +302,7 @@ class ItemIndex:
         similarities = np.full((len(queries), k), -np.inf, dtype=np.float32)
         for start in range(0, len(queries), 1024):
             batch = queries[start : start + 1024]
-            matches = self._index.search(batch, k)
+            matches = self._raw().search(batch, k)
             # One query gives a Matches (1-D, valid rows only); several give padded BatchMatches.
             keys = np.atleast_2d(matches.keys)
             dists = np.atleast_2d(matches.distances)
@@ -262,5 +316,5 @@ class ItemIndex:
         """Write the index file atomically (temp file beside ``path``, then rename)."""
         path = Path(path)
         with atomic_path(path) as tmp:
-            self._index.save(str(tmp))
+            self._raw().save(str(tmp))
         logger.info("saved index %s (%d items)", path, len(self))

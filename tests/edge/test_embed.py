@@ -106,6 +106,41 @@ def test_embed_matches_numpy_reference_in_input_order(tiny_embedder_dir: Path) -
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_int8_embedder_stays_within_its_rounding_bound(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """The runtime runs a dynamically quantized (int8) model; its vectors differ from fp32 by the rounding only.
+
+    Per-channel int8 rounds each table entry by at most half a step (max |column| / 127 / 2); tanh and the
+    mean keep that bound per component, and L2-normalising at most doubles it relative to the vector's norm.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from gloss.export.embedder import quantize_int8
+
+    int8_dir = tmp_path / "int8"
+    int8_dir.mkdir()
+    for name in (TOKENIZER_NAME, CONFIG_NAME):
+        (int8_dir / name).write_bytes((tiny_embedder_dir / name).read_bytes())
+    quantize_int8(tiny_embedder_dir / MODEL_NAME, int8_dir / MODEL_NAME)
+    assert (int8_dir / MODEL_NAME).stat().st_size < (tiny_embedder_dir / MODEL_NAME).stat().st_size
+    got = OnnxEmbedder.load(int8_dir).embed(TEXTS)
+    want = reference_embed(tiny_embedder_dir, TEXTS)
+    table = numpy_helper.to_array(onnx.load(str(tiny_embedder_dir / MODEL_NAME)).graph.initializer[0])
+    step = np.abs(table).max() / 127  # the coarsest channel's step bounds every channel's
+    pooled_norm = np.array([np.linalg.norm(np.tanh(table[ids]).mean(axis=0)) for ids in _token_ids(tiny_embedder_dir)])
+    bound = 2 * np.sqrt(TINY_DIM) * (step / 2) / pooled_norm
+    assert (np.linalg.norm(got - want, axis=1) <= bound + 1e-6).all()
+    assert not np.allclose(got, want, atol=1e-7)  # the weights really are rounded
+
+
+def _token_ids(model_dir: Path) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_NAME))
+    tokenizer.enable_truncation(TINY_MAX_LENGTH)
+    return [tokenizer.encode(text).ids for text in TEXTS]
+
+
 def test_embed_is_independent_of_batch_size(tiny_embedder_dir: Path) -> None:
     embedder = OnnxEmbedder.load(tiny_embedder_dir)
     np.testing.assert_allclose(

@@ -1,4 +1,4 @@
-"""ItemIndex against brute-force numpy search on seeded random unit vectors."""
+"""ItemIndex against brute-force numpy search on seeded random unit vectors (f32, and f16/i8 stored vectors)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from gloss.edge.errors import InputError
-from gloss.edge.index import ItemIndex
+from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, ItemIndex, read_index_header
+
+# Largest rounding error of one stored component |x| < 1: half a float16 step below 1; for i8 one step of
+# 1/127, since usearch 2.26 truncates toward zero (0.0300 is stored as 3/127, 0.0315 as 3/127 too).
+ROUNDING = {"f32": 0.0, "f16": 2.0**-12, "i8": 1 / 127}
 
 
 def unit_vectors(num: int, dim: int, seed: int) -> np.ndarray:
@@ -29,7 +33,7 @@ def items() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def index(items: np.ndarray) -> ItemIndex:
-    return ItemIndex.build(items, show_progress=False)
+    return ItemIndex.build(items, show_progress=False, dtype="f32")
 
 
 def test_exact_search_equals_brute_force(index: ItemIndex, items: np.ndarray) -> None:
@@ -51,7 +55,7 @@ def test_item_vector_finds_itself_first(index: ItemIndex, items: np.ndarray) -> 
 def test_hnsw_recall_at_10_vs_brute_force() -> None:
     items = unit_vectors(3000, 32, seed=2)
     queries = unit_vectors(200, 32, seed=3)
-    positions, sims = ItemIndex.build(items, show_progress=False).search(queries, k=10, exact=False)
+    positions, sims = ItemIndex.build(items, show_progress=False, dtype="f32").search(queries, k=10, exact=False)
     ref_pos, _ = brute_force(items, queries, 10)
     recall = np.mean(
         [len(set(a) & set(b)) / 10 for a, b in zip(positions.tolist(), ref_pos.tolist(), strict=True)]
@@ -64,7 +68,7 @@ def test_hnsw_recall_at_10_vs_brute_force() -> None:
 def test_k_larger_than_index_pads(exact: bool) -> None:
     items = unit_vectors(3, 8, seed=4)
     queries = unit_vectors(2, 8, seed=5)
-    positions, sims = ItemIndex.build(items, show_progress=False).search(queries, k=5, exact=exact)
+    positions, sims = ItemIndex.build(items, show_progress=False, dtype="f32").search(queries, k=5, exact=exact)
     ref_pos, ref_sims = brute_force(items, queries, 3)
     np.testing.assert_array_equal(positions[:, :3], ref_pos)
     np.testing.assert_allclose(sims[:, :3], ref_sims, atol=1e-5)
@@ -122,3 +126,76 @@ def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
     garbage.write_bytes(b"not an index" * 10)
     with pytest.raises(InputError, match="not a usearch index"):
         ItemIndex.load(garbage)
+
+
+@pytest.fixture(scope="module")
+def compact(items: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ItemIndex]:
+    """f16 and i8 indexes of ``items``, saved and loaded back (memory-mapped) as a bundle opens them."""
+    root = tmp_path_factory.mktemp("compact")
+    out = {}
+    for dtype in ("f16", "i8"):
+        ItemIndex.build(items, show_progress=False, dtype=dtype).save(root / f"{dtype}.usearch")
+        out[dtype] = ItemIndex.load(root / f"{dtype}.usearch")
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_compact_index_stores_vectors_within_rounding(compact: dict[str, ItemIndex], items: np.ndarray,
+                                                      dtype: str, tmp_path: Path) -> None:
+    index = compact[dtype]
+    assert index.dtype == dtype
+    stored = index.vectors()
+    assert stored.dtype == np.float32 and stored.shape == items.shape
+    assert np.abs(stored - items).max() <= ROUNDING[dtype] + 1e-7
+    assert not np.array_equal(stored, items)  # really rounded, not stored as f32
+    # A freshly built index searches the same stored vectors as the saved and loaded one.
+    built = ItemIndex.build(items, show_progress=False, dtype=dtype)
+    np.testing.assert_array_equal(built.vectors(), stored)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_compact_exact_search_equals_brute_force_over_stored_vectors(compact: dict[str, ItemIndex],
+                                                                     dtype: str) -> None:
+    queries = unit_vectors(50, 24, seed=8)
+    positions, sims = compact[dtype].search(queries, k=10)
+    ref_pos, ref_sims = brute_force(compact[dtype].vectors(), queries, 10)
+    np.testing.assert_array_equal(positions, ref_pos)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_compact_top_k_matches_f32_up_to_rounding(compact: dict[str, ItemIndex], items: np.ndarray,
+                                                  dtype: str) -> None:
+    """Similarities move by at most |q|_1 * rounding, so the top-k differs from f32 only among near ties."""
+    queries = unit_vectors(50, 24, seed=9)
+    k = 10
+    positions, sims = compact[dtype].search(queries, k=k)
+    exact = queries @ items.T
+    bound = np.abs(queries).sum(axis=1, keepdims=True) * ROUNDING[dtype] + 1e-6
+    assert (np.abs(sims - np.take_along_axis(exact, positions, axis=1)) <= bound).all()
+    kth_best = -np.sort(-exact, axis=1)[:, k - 1 : k]
+    assert (np.take_along_axis(exact, positions, axis=1) >= kth_best - 2 * bound).all()
+
+
+def test_loaded_index_reopens_its_file_after_reading_vectors(tmp_path: Path, items: np.ndarray) -> None:
+    """vectors() lets go of the mapped file (RSS); HNSW search and save must still work afterwards."""
+    ItemIndex.build(items, show_progress=False, dtype="f16").save(tmp_path / "a.usearch")
+    loaded = ItemIndex.load(tmp_path / "a.usearch")
+    queries = unit_vectors(5, 24, seed=10)
+    exact_pos, _ = loaded.search(queries, k=5)  # reads the float32 matrix, releases the file
+    hnsw_pos, _ = loaded.search(queries, k=5, exact=False)
+    np.testing.assert_array_equal(hnsw_pos, exact_pos)
+    loaded.save(tmp_path / "b.usearch")
+    again = ItemIndex.load(tmp_path / "b.usearch")
+    assert (len(again), again.dim, again.dtype, again.expansion_search) == (600, 24, "f16", loaded.expansion_search)
+    np.testing.assert_array_equal(again.vectors(), loaded.vectors())
+
+
+def test_index_dtype_in_header_and_rejects_unknown(tmp_path: Path, items: np.ndarray) -> None:
+    assert DEFAULT_INDEX_DTYPE in INDEX_DTYPES
+    for dtype in INDEX_DTYPES:
+        ItemIndex.build(items[:20], show_progress=False, dtype=dtype).save(tmp_path / f"{dtype}.usearch")
+        assert read_index_header(tmp_path / f"{dtype}.usearch") == {"dim": 24, "num_items": 20, "dtype": dtype}
+    assert ItemIndex.build(items[:20], show_progress=False).dtype == DEFAULT_INDEX_DTYPE
+    with pytest.raises(InputError, match="--index-dtype must be one of f32, f16, i8, got 'f64'"):
+        ItemIndex.build(items[:20], show_progress=False, dtype="f64")
