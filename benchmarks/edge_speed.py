@@ -1,11 +1,23 @@
-"""Query generation speed on CPU: llama.cpp 5-beam search vs one greedy decode vs transformers' beam search.
+"""Query generation speed on CPU: llama.cpp 5 beams vs one greedy decode vs transformers' beam search, with and
+without the prompt prefix cache, and batched users vs one at a time. All rows: one run, same users, same weights.
 
 Usage:
-    python benchmarks/edge_speed.py GGUF_PATH DATA_DIR [--num-prompts 10] [--max-new-tokens 50]
-        [--no-transformers]
+    python benchmarks/edge_speed.py BUNDLE_DIR_OR_GGUF DATA_DIR [--num-users 30] [--num-threads 2]
+        [--batch-users 4] [--no-transformers] [--out benchmarks/results/edge_speed.json]
 
-DATA_DIR holds items.jsonl.gz and sequences.jsonl.gz (e.g. /work/shared/data/amazon2014/beauty). Prompts are
-the test-split histories of the first users with at least 4 items. Writes benchmarks/results/edge_speed.json.
+DATA_DIR holds items.jsonl.gz and sequences.jsonl.gz (e.g. /work/shared/data/amazon2014/beauty). Users: the
+test-split histories of the first users with >= 3 history items. Every path uses the edge's default stopping rule
+(``early_stopping=True``, catalogue length cap); transformers gets the same rule and stop tokens. Rows:
+
+- ``beams``: one user at a time, prefix cache on (distinct users: the prompt header is reused);
+- ``beams_no_cache``: the same, prefix cache off;
+- ``beams_returning``: the user's history without its last item was searched just before (cache on);
+- ``beams_old_rule``: today's previous rule (``early_stopping=False``), cache off;
+- ``greedy``: one greedy decode of the same prompt (cache off);
+- ``transformers``: ``generate(num_beams=5)`` on CPU, the GGUF's weights dequantized to fp32;
+- ``batched`` / ``sequential``: users/s of ``beam_search_batch`` over all users vs the ``beams`` row.
+
+Writes the JSON and a Markdown table next to it.
 """
 
 from __future__ import annotations
@@ -14,136 +26,258 @@ import argparse
 import logging
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gloss.edge.catalog import load_catalog
 from gloss.edge.files import write_json_atomic
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
+from gloss.edge.generate import GenerationConfig, LlamaCppGenerator, batched_config
+from gloss.edge.kvcache import PrefixCache
 from gloss.edge.splits import Split, load_sequences, make_examples
 
 logger = logging.getLogger("benchmarks.edge_speed")
 RESULTS = Path(__file__).parent / "results" / "edge_speed.json"
 
 
-def load_histories(data_dir: Path, num_prompts: int) -> list[list[str]]:
-    """Test-split histories (titles, oldest first) of the first users with >= 4 items."""
+def load_histories(data_dir: Path, num_users: int) -> list[list[str]]:
+    """Test-split histories (titles, oldest first) of the first users with >= 3 history items."""
     catalog = load_catalog(data_dir / "items.jsonl.gz")
     examples = make_examples(load_sequences(data_dir / "sequences.jsonl.gz"), Split.test, frozenset())
-    return [catalog.titles_of(ex.history) for ex in examples if len(ex.history) >= 3][:num_prompts]
+    return [catalog.titles_of(ex.history) for ex in examples if len(ex.history) >= 3][:num_users]
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Milliseconds of one call and its result."""
+def timed(fn: Callable[[], Any]) -> float:
+    """Milliseconds of one call."""
     start = time.perf_counter()
-    result = fn()
-    return (time.perf_counter() - start) * 1000, result
+    fn()
+    return (time.perf_counter() - start) * 1000
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    """p50 / p95 / mean / min / max."""
-    return {
-        "p50": statistics.median(values),
-        "p95": statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0],
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-    }
+def p95(values: Sequence[float]) -> float:
+    """95th percentile (inclusive method)."""
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
+def per_user(gen: LlamaCppGenerator, run: Callable[[int], Any], n: int) -> tuple[list[float], list[int]]:
+    """Milliseconds and steps of ``run(i)`` for each user."""
+    ms, steps = [], []
+    for i in range(n):
+        ms.append(timed(lambda i=i: run(i)))
+        steps.append(gen.stats.num_steps)
+    return ms, steps
 
 
 def transformers_beam_ms(gguf_path: Path, prompts: list[list[int]], gen: LlamaCppGenerator) -> list[float]:
-    """transformers (CPU, fp32 dequantized weights) beam search on the same prompt tokens and stop tokens."""
+    """transformers (CPU, fp32 dequantized weights) beam search: same prompts, stop tokens and stopping rule."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    torch.set_num_threads(gen.config.num_threads or torch.get_num_threads())
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     model.eval()
-    cfg, out = gen.config, []
+    cfg, settings, out = gen.config, gen.settings, []
     for prompt in prompts:
         ids = torch.tensor([prompt])
         with torch.no_grad():
-            ms, _ = timed(
-                lambda ids=ids: model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    num_beams=cfg.num_beams,
-                    num_return_sequences=cfg.num_return_sequences,
-                    max_new_tokens=cfg.max_new_tokens,
-                    do_sample=False,
-                    early_stopping=False,
-                    length_penalty=cfg.length_penalty,
-                    eos_token_id=sorted(gen.stop_token_ids),
-                    pad_token_id=model.generation_config.pad_token_id,
-                )
-            )
-        out.append(ms)
+            out.append(timed(lambda ids=ids: model.generate(
+                ids, attention_mask=torch.ones_like(ids), num_beams=cfg.num_beams,
+                num_return_sequences=cfg.num_return_sequences, max_new_tokens=settings.max_new_tokens,
+                do_sample=False, early_stopping=settings.early_stopping, length_penalty=cfg.length_penalty,
+                eos_token_id=sorted(gen.stop_token_ids), pad_token_id=model.generation_config.pad_token_id,
+            )))
     return out
 
 
+def bookkeeping_ms(gen: LlamaCppGenerator, repeats: int = 50) -> dict[str, float]:
+    """Python cost of one 5-beam step on random logits of the model's vocabulary: the current bookkeeping
+    (float32 log-softmax, per-beam argpartition) vs the previous one (float64 copies, one full-vocabulary
+    argpartition), candidate selection only for the previous one."""
+    import numpy as np
+
+    from gloss.edge.beam import Beams, beam_step, log_softmax
+
+    rng = np.random.default_rng(0)
+    beams_n = gen.config.num_beams
+    logits = (3 * rng.standard_normal((beams_n, gen.n_vocab))).astype(np.float32)
+    beams = Beams(tuple((i,) for i in range(beams_n)), tuple(-float(i) for i in range(beams_n)))
+    k = max(2, 1 + len(gen.stop_token_ids)) * beams_n
+
+    def previous() -> None:
+        x = logits.astype(np.float64)
+        x = x - x.max(axis=-1, keepdims=True)
+        total = np.asarray(beams.scores)[:, None] + (x - np.log(np.exp(x).sum(axis=-1, keepdims=True)))
+        flat = total.ravel()
+        top = np.argpartition(-flat, k - 1)[:k]
+        top[np.lexsort((top, -flat[top]))]
+
+    out = {}
+    for name, fn in (("current", lambda: beam_step(beams, log_softmax(logits), gen.settings)), ("previous", previous)):
+        fn()
+        out[name] = statistics.median(timed(fn) for _ in range(repeats))
+    return out
+
+
+def resolve(path: Path) -> tuple[Path, list[str] | None]:
+    """The GGUF of a bundle (and its catalogue titles for the length cap) or a GGUF path."""
+    if path.is_dir():
+        from gloss.edge.bundle import load_bundle
+
+        bundle = load_bundle(path)
+        return bundle.paths.generator, list(bundle.catalog.titles)
+    return path, None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure and return the result record."""
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, num_threads=args.num_threads)
-    histories = load_histories(args.data_dir, args.num_prompts)
-    with LlamaCppGenerator.load(args.gguf_path, config, add_bos=args.add_bos) as gen:
+    """Measure every row and return the result record."""
+    gguf_path, titles = resolve(args.bundle_or_gguf)
+    histories = load_histories(args.data_dir, args.num_users)
+    titles = titles or list(load_catalog(args.data_dir / "items.jsonl.gz").titles)
+    n, rows, steps = len(histories), {}, {}
+    config = GenerationConfig(num_threads=args.num_threads, max_new_tokens=args.max_new_tokens)
+    with LlamaCppGenerator.load(gguf_path, config) as gen:
+        cap = gen.cap_new_tokens(titles)
         prompts = [gen.prompt_tokens(h) for h in histories]
+        earlier = [gen.prompt_tokens(h[:-1]) for h in histories]
         gen.beam_search(prompts[0])  # warm-up
-        beam_ms, beam_steps, greedy_ms, greedy_tokens = [], [], [], []
-        for prompt in prompts:
-            ms, _ = timed(lambda p=prompt: gen.beam_search(p))
-            beam_ms.append(ms)
-            beam_steps.append(gen.stats.num_steps)
-        for history in histories:
-            ms, _ = timed(lambda h=history: gen.generate_greedy(h))
-            greedy_ms.append(ms)
-            greedy_tokens.append(gen.stats.num_steps)
-        hf_ms = [] if args.no_transformers else transformers_beam_ms(args.gguf_path, prompts, gen)
-    result: dict[str, Any] = {
-        "gguf": args.gguf_path.name,
-        "data_dir": str(args.data_dir),
-        "num_prompts": len(prompts),
-        "prompt_tokens": summary([float(len(p)) for p in prompts]),
-        "config": {
-            "num_beams": config.num_beams,
-            "max_new_tokens": config.max_new_tokens,
-            "num_threads": config.num_threads,
-        },
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "llama_cpp_beam_ms": summary(beam_ms),
-        "llama_cpp_beam_steps": summary([float(s) for s in beam_steps]),
-        "llama_cpp_greedy_ms": summary(greedy_ms),
-        "llama_cpp_greedy_tokens": summary([float(t) for t in greedy_tokens]),
-    }
-    if hf_ms:
-        result["transformers_beam_ms"] = summary(hf_ms)
-        result["speedup_p50"] = result["transformers_beam_ms"]["p50"] / result["llama_cpp_beam_ms"]["p50"]
+        gen.prefix_cache.clear()
+        rows["beams"], steps["beams"] = per_user(gen, lambda i: gen.beam_search(prompts[i]), n)
+        cache_hits = (gen.prefix_cache.hits, gen.prefix_cache.misses, gen.prefix_cache.reused_tokens)
+        gen.prefix_cache.clear()
+
+        def returning(i: int) -> None:
+            gen.warm_prefix(earlier[i])  # the user's previous visit left its prompt in the cache (untimed)
+            ms = timed(lambda: gen.beam_search(prompts[i]))
+            rows.setdefault("beams_returning", []).append(ms)
+
+        for i in range(n):
+            returning(i)
+        gen.prefix_cache = PrefixCache(0)
+        rows["beams_no_cache"], steps["beams_no_cache"] = per_user(gen, lambda i: gen.beam_search(prompts[i]), n)
+        rows["greedy"], steps["greedy"] = per_user(gen, lambda i: gen.generate_greedy(histories[i]), n)
+        gen.settings = replace(gen.settings, early_stopping=False)
+        rows["beams_old_rule"], steps["beams_old_rule"] = per_user(gen, lambda i: gen.beam_search(prompts[i]), n)
+        gen.settings = replace(gen.settings, early_stopping=True)
+        bookkeeping = bookkeeping_ms(gen)
+        if not args.no_transformers:
+            rows["transformers"] = transformers_beam_ms(gguf_path, prompts, gen)
+    with LlamaCppGenerator.load(gguf_path, batched_config(args.batch_users, config)) as batch_gen:
+        batch_gen.cap_new_tokens(titles)
+        batch_gen.beam_search(prompts[0])  # warm-up
+        batch_gen.prefix_cache.clear()
+        batched_ms = timed(lambda: batch_gen.beam_search_batch(prompts))
+    result = record(args, rows, steps, prompts, cap, batched_ms, cache_hits)
+    result["bookkeeping_ms_per_step"] = bookkeeping
     return result
 
 
+def record(
+    args: argparse.Namespace, rows: dict[str, list[float]], steps: dict[str, list[int]], prompts: list[list[int]],
+    cap: int, batched_ms: float, cache_hits: tuple[int, int, int],
+) -> dict[str, Any]:
+    """The JSON record: per-row p50/p95 keys, ratios and the goals."""
+    n = len(prompts)
+    result: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": _cores()},
+        "num_users": n,
+        "num_threads": args.num_threads,
+        "batch_users": args.batch_users,
+        "prompt_tokens_p50": statistics.median(len(p) for p in prompts),
+        "length_cap": cap,
+        "max_new_tokens": args.max_new_tokens,
+        "prefix_cache_hits_misses_reused_tokens": list(cache_hits),
+    }
+    for name, values in rows.items():
+        result[f"{name}_p50_ms"] = statistics.median(values)
+        result[f"{name}_p95_ms"] = p95(values)
+    for name, values in steps.items():
+        result[f"{name}_steps_p50"] = statistics.median(values)
+    result["sequential_users_per_s"] = n / (sum(rows["beams"]) / 1000)
+    result["batched_users_per_s"] = n / (batched_ms / 1000)
+    result["beams_vs_greedy"] = result["beams_p50_ms"] / result["greedy_p50_ms"]
+    result["batched_vs_sequential"] = result["batched_users_per_s"] / result["sequential_users_per_s"]
+    goals = {
+        "beams_le_1.3x_greedy": result["beams_vs_greedy"] <= 1.3,
+        "beams_p50_lt_1s": result["beams_p50_ms"] < 1000,
+        "batched_ge_2x_sequential": result["batched_vs_sequential"] >= 2,
+    }
+    if "transformers" in rows:
+        result["transformers_vs_beams"] = result["transformers_p50_ms"] / result["beams_p50_ms"]
+        goals["ge_5x_faster_than_transformers"] = result["transformers_vs_beams"] >= 5
+    result["goals_met"] = goals
+    return result
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The record as a Markdown table."""
+    labels = {
+        "beams": "llama.cpp 5 beams, prefix cache on (header reused)",
+        "beams_no_cache": "llama.cpp 5 beams, prefix cache off",
+        "beams_returning": "llama.cpp 5 beams, returning user (earlier history cached)",
+        "beams_old_rule": "llama.cpp 5 beams, previous rule (early_stopping=False), cache off",
+        "greedy": "llama.cpp one greedy decode",
+        "transformers": "transformers generate(num_beams=5), CPU fp32, same rule",
+    }
+    lines = [
+        "# Edge generation speed",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']['platform']}, {result['machine']['cores']} cores, {result['num_threads']} "
+        f"threads. Users: {result['num_users']} Beauty test users (prompt tokens p50 "
+        f"{result['prompt_tokens_p50']:.0f}); stopping: early_stopping=True, cap {result['length_cap']} new tokens.",
+        "",
+        "| path | p50 ms | p95 ms | steps p50 |",
+        "|---|---|---|---|",
+    ]
+    for name, label in labels.items():
+        if f"{name}_p50_ms" in result:
+            steps = result.get(f"{name}_steps_p50", "")
+            lines.append(f"| {label} | {result[f'{name}_p50_ms']:.0f} | {result[f'{name}_p95_ms']:.0f} | {steps} |")
+    lines += [
+        "",
+        f"Throughput: batched ({result['batch_users']} users in flight) {result['batched_users_per_s']:.2f} users/s "
+        f"vs one at a time {result['sequential_users_per_s']:.2f} users/s ({result['batched_vs_sequential']:.2f}x).  ",
+        f"Beam bookkeeping per step (Python, 5 beams): {result['bookkeeping_ms_per_step']['current']:.1f} ms now vs "
+        f"{result['bookkeeping_ms_per_step']['previous']:.1f} ms for the previous float64 selection alone.  ",
+        f"5 beams / greedy: {result['beams_vs_greedy']:.2f}x."
+        + (f" transformers / 5 beams: {result['transformers_vs_beams']:.2f}x." if "transformers_vs_beams" in result
+           else ""),
+        "",
+        "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["goals_met"].items()) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("gguf_path", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle_or_gguf", type=Path, help="A bundle folder or a GGUF file.")
     parser.add_argument("data_dir", type=Path)
-    parser.add_argument("--num-prompts", type=int, default=10)
+    parser.add_argument("--num-users", type=int, default=30)
     parser.add_argument("--max-new-tokens", type=int, default=50)
-    parser.add_argument("--num-threads", type=int, default=None)
-    parser.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None,
-                        help="Force BOS on/off (default: the GGUF's own rule, as the edge runtime does).")
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--batch-users", type=int, default=4)
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run(args)
     write_json_atomic(args.out, result)
+    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
     logger.info("wrote %s", args.out)
-    for key in ("llama_cpp_beam_ms", "llama_cpp_greedy_ms", "transformers_beam_ms"):
+    for key in ("beams_p50_ms", "greedy_p50_ms", "transformers_p50_ms", "batched_users_per_s",
+                "sequential_users_per_s"):
         if key in result:
-            logger.info("%s p50 %.0f", key, result[key]["p50"])
+            logger.info("%s %.2f", key, result[key])
 
 
 if __name__ == "__main__":

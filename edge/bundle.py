@@ -7,6 +7,7 @@ Layout (all paths relative to the bundle folder)::
     embedder/                model.onnx, tokenizer.json, gloss_embedder.json (gloss.edge.embed)
     index.usearch            item vectors of ``ITEM_TEXT`` per title (gloss.edge.index)
     generator/model.gguf     optional: the query generator for llama.cpp
+    generator/trie.npz       with the generator: token trie of the catalogue's titles (gloss.edge.trie)
     fusion/copurchase.npz    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.fusion)
 
 The manifest records the format version, creation time, package versions, the prompt template, one section
@@ -32,10 +33,19 @@ from typing import Any
 from gloss.edge.catalog import Catalog, load_catalog
 from gloss.edge.embed import CONFIG_NAME, EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
-from gloss.edge.files import sha256_file, write_json_atomic
+from gloss.edge.files import (
+    WRITER_FILE,
+    make_temp_dir,
+    read_text,
+    release_temp_dir,
+    sha256_file,
+    write_json_atomic,
+)
 from gloss.edge.fusion import CoPurchase, FusionConfig, FusionRanker
 from gloss.edge.index import METRIC, ItemIndex, read_index_header
+from gloss.edge.manifest import check_manifest_shape, shown
 from gloss.edge.prompt import ITEM_PREFIX, PROMPT_TEMPLATE
+from gloss.edge.trie import TokenTrie, catalog_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ CATALOG_FILE = "catalog.jsonl.gz"
 EMBEDDER_DIR = "embedder"
 INDEX_FILE = "index.usearch"
 GENERATOR_FILE = "generator/model.gguf"
+TRIE_FILE = "generator/trie.npz"  # manifest: generator.trie (rebuilt whenever the generator is)
 COPURCHASE_FILE = "fusion/copurchase.npz"
 OPTIONAL_SECTIONS = ("generator", "fusion")
 ITEM_TEXT = ITEM_PREFIX + "{title}"  # items are embedded like the queries: "Title: <title>"
@@ -72,7 +83,9 @@ def atomic_dir(path: Path, marker: str) -> Iterator[Path]:
     """Build a directory in a temp folder beside ``path``; swap it into place only if the block succeeds.
 
     An existing ``path`` is replaced only if it is empty or holds ``marker`` (the file that shows it was
-    written by gloss), so a mistyped ``--out-dir`` never deletes an unrelated folder.
+    written by gloss), so a mistyped ``--out-dir`` never deletes an unrelated folder. Temp folders that an
+    interrupted build of the same ``path`` left behind are removed first (only if their writer is gone),
+    and the result follows the user's umask (:func:`gloss.edge.files.make_temp_dir`).
 
     Raises:
         InputError: If ``path`` is a file, or a non-empty folder without ``marker``.
@@ -80,10 +93,11 @@ def atomic_dir(path: Path, marker: str) -> Iterator[Path]:
     path = Path(path)
     check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = make_temp_dir(path)
     try:
         yield tmp
         check_replaceable(path, marker)
+        release_temp_dir(tmp)
         _swap_dir(tmp, path)
     finally:
         if tmp.exists():
@@ -118,11 +132,12 @@ def _swap_dir(new: Path, path: Path) -> None:
 
 
 def file_entries(bundle_dir: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file under ``bundle_dir`` except the manifest, by POSIX relative path."""
+    """Size and SHA-256 of every file under ``bundle_dir`` except the manifest (and a temp folder's writer
+    record), by POSIX relative path."""
     entries = {}
     for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
         rel = path.relative_to(bundle_dir).as_posix()
-        if rel != MANIFEST_NAME:
+        if rel not in (MANIFEST_NAME, WRITER_FILE):
             entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return entries
 
@@ -172,6 +187,7 @@ class BundlePaths:
     index: Path
     generator: Path | None
     copurchase: Path | None = None
+    trie: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -200,9 +216,28 @@ class Bundle:
         """The manifest's generator section, or None if the bundle has no generator."""
         return self.manifest.get("generator")
 
+    def verify(self) -> None:
+        """Check every file's SHA-256 against the manifest (for a bundle loaded with ``verify=False``).
+
+        Raises:
+            InputError: If a file is missing, truncated or changed.
+        """
+        _check_files(self.dir, self.manifest, verify=True)
+
     def open_embedder(self, num_threads: int | None = None) -> OnnxEmbedder:
         """Load the bundle's ONNX embedder."""
         return OnnxEmbedder.load(self.paths.embedder_dir, num_threads=num_threads)
+
+    def open_trie(self) -> TokenTrie:
+        """The token trie of the catalogue's titles, for catalogue-constrained beams of the generator.
+
+        Raises:
+            InputError: If the bundle has no trie, or its trie was built for another catalogue.
+        """
+        if self.paths.trie is None:
+            raise InputError(f"{self.dir}: bundle has no catalogue trie (it is built with the generator); "
+                             f"{BUILD_HINT}, or use free beams")
+        return TokenTrie.load(self.paths.trie, catalog_sha256=catalog_fingerprint(self.catalog.titles))
 
     def open_index(self, view: bool = True) -> ItemIndex:
         """Open the bundle's item index (memory-mapped by default)."""
@@ -254,6 +289,7 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
         index=bundle_dir / manifest["index"]["file"],
         generator=bundle_dir / manifest["generator"]["file"] if manifest.get("generator") else None,
         copurchase=bundle_dir / manifest["fusion"]["file"] if manifest.get("fusion") else None,
+        trie=bundle_dir / trie_file if (trie_file := _trie_file(manifest)) else None,
     )
     _check_dims(bundle_dir, manifest, paths)
     if manifest["prompt_template"] != PROMPT_TEMPLATE:
@@ -281,17 +317,21 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     Raises:
         InputError: If the folder or manifest is missing, unreadable, of another version or incomplete.
     """
+    if not bundle_dir.exists():
+        raise InputError(f"{bundle_dir}: no such folder; build a bundle with gloss-export bundle")
     if not bundle_dir.is_dir():
-        raise InputError(f"{bundle_dir}: not a directory; build a bundle with gloss-export bundle")
+        raise InputError(f"{bundle_dir}: not a directory but a file; a bundle is the folder gloss-export bundle "
+                         "writes")
     path = bundle_dir / MANIFEST_NAME
     if not path.is_file():
         raise InputError(
             f"{bundle_dir}: no {MANIFEST_NAME}, not a gloss bundle; build one with gloss-export bundle"
         )
+    text = read_text(path, hint=BUILD_HINT)  # non-UTF-8 bytes: one line naming the byte offset
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc}); {BUILD_HINT}") from exc
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); {BUILD_HINT}") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{path}: expected a JSON object; {BUILD_HINT}")
     version = manifest.get("format_version")
@@ -300,21 +340,22 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
             f"{path}: bundle format_version {version!r}, this gloss reads version {FORMAT_VERSION}; "
             f"{BUILD_HINT} or use the gloss version that wrote it"
         )
-    required = {
-        "catalog": ("file", "num_items"), "embedder": ("dir", "dim"),
-        "index": ("file", "dim", "num_items"), "files": (),
-    }  # fmt: skip
-    for section, keys in required.items():
-        value = manifest.get(section)
-        if not isinstance(value, dict) or any(key not in value for key in keys):
-            raise InputError(f"{path}: section {section!r} is missing or incomplete; {BUILD_HINT}")
-    if "prompt_template" not in manifest:
-        raise InputError(f"{path}: no prompt_template; {BUILD_HINT}")
-    for name in OPTIONAL_SECTIONS:
-        section = manifest.get(name)
-        if section is not None and (not isinstance(section, dict) or "file" not in section):
-            raise InputError(f"{path}: section {name!r} has no 'file'; {BUILD_HINT}")
+    check_manifest_shape(path, manifest, OPTIONAL_SECTIONS, BUILD_HINT)
     return manifest
+
+
+def _trie_file(manifest: dict[str, Any]) -> str | None:
+    """The trie's path from the manifest's ``generator.trie`` section, or None if the bundle has none.
+
+    Raises:
+        InputError: If the section exists without a ``file`` string.
+    """
+    section = (manifest.get("generator") or {}).get("trie")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("file"), str):
+        raise InputError(f"generator.trie in {MANIFEST_NAME} has no 'file'; {BUILD_HINT}")
+    return section["file"]
 
 
 def _safe_relative(bundle_dir: Path, rel: str) -> Path:
@@ -330,6 +371,7 @@ def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool) -> No
     needed = [manifest["catalog"]["file"], manifest["index"]["file"]]
     needed += [f"{manifest['embedder']['dir']}/{name}" for name in EMBEDDER_FILES]
     needed += [manifest[name]["file"] for name in OPTIONAL_SECTIONS if manifest.get(name)]
+    needed += [trie_file] if (trie_file := _trie_file(manifest)) else []
     unlisted = [rel for rel in needed if rel not in files]
     if unlisted:
         raise InputError(f"{bundle_dir}: manifest has no checksum for {unlisted}; {BUILD_HINT}")
@@ -357,10 +399,14 @@ def _check_dims(bundle_dir: Path, manifest: dict[str, Any], paths: BundlePaths) 
         raise InputError(
             f"{paths.index}: dim {index_dim}, manifest says {manifest['index']['dim']}; {BUILD_HINT}"
         )
+    config_path = paths.embedder_dir / CONFIG_NAME
     try:
-        own_dim = json.loads((paths.embedder_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("dim")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise InputError(f"{paths.embedder_dir / CONFIG_NAME}: unreadable ({exc}); {BUILD_HINT}") from exc
+        own = json.loads(read_text(config_path, hint=BUILD_HINT))  # non-UTF-8: names the byte offset
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{config_path}: not valid JSON ({exc}); {BUILD_HINT}") from None
+    if not isinstance(own, dict):
+        raise InputError(f"{config_path}: expected a JSON object, got {shown(own)}; {BUILD_HINT}")
+    own_dim = own.get("dim")
     if embedder_dim != index_dim or own_dim != index_dim:
         raise InputError(
             f"{bundle_dir}: embedder dim {own_dim} (manifest: {embedder_dim}) != index dim {index_dim}; "

@@ -1,12 +1,15 @@
 """Query generation on the edge: transformers-compatible beam search over a llama.cpp context.
 
 llama.cpp has no beam search, so it is written here: one context holds every beam as a sequence of a
-unified KV cache. The prompt is decoded once; each step decodes the last token of all live beams in
-one ``llama_decode`` call and reorders the cache by copying sequences between two halves of the
-sequence ids (``llama_memory_seq_cp`` shares cells in a unified cache, so a copy is cheap).
+unified KV cache. The prompt is decoded once; each step decodes the last token of all live beams (of every
+user in flight, :mod:`gloss.edge.beam_batch`) in one ``llama_decode`` call and reorders the cache by copying
+sequences between two halves of each user's sequence ids (``llama_memory_seq_cp`` shares cells in a unified
+cache, so a copy is cheap). A prompt starts from the saved KV cells of its longest prefix shared with an earlier
+prompt (:mod:`gloss.edge.kvcache`).
 
 The candidate selection (:func:`gloss.edge.beam.beam_step`) is a pure function that follows transformers' beam search
-(4.57, ``early_stopping=False``) step for step, so both runtimes return the same titles in the same order.
+(4.57; ``early_stopping=True`` by default, ``False`` as an option) step for step, so both runtimes return the same
+titles in the same order.
 """
 
 from __future__ import annotations
@@ -15,22 +18,29 @@ import ctypes
 import logging
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from gloss.edge.beam import Beams, BeamSettings, log_softmax, run_beam_search
+from gloss.edge.beam import Beams, BeamSettings, log_softmax
+from gloss.edge.beam_batch import BatchedBeamSearch, BatchLimits, SearchStats
 from gloss.edge.errors import GlossError, InputError, require
 from gloss.edge.gguf_header import check_gguf
-from gloss.edge.prompt import build_prompt, fit_history, parse_generated
+from gloss.edge.kvcache import PrefixCache
+from gloss.edge.prompt import build_prompt, fit_history, parse_generated, render_item
+from gloss.edge.trie import vocab_fingerprint
+
+if TYPE_CHECKING:
+    from gloss.edge.trie import TokenTrie
 
 logger = logging.getLogger(__name__)
 
-MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: seq 0 holds the prompt, 2 * num_beams hold the beams
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: each user in flight owns 2 * num_beams sequences
 NEG_INF = -math.inf
+TITLE_MARGIN_TOKENS = 4  # slack over the catalogue's longest title: in-context tokenisation may differ by a few
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,13 @@ class GenerationConfig:
         n_ctx: Token budget for prompt + new tokens; the oldest history items are dropped to fit.
         length_penalty: Finished scores are ``sum_logprobs / length ** length_penalty``.
         num_threads: CPU threads for llama.cpp; None uses half the cores.
+        early_stopping: Stop once ``num_beams`` titles are finished (transformers' ``early_stopping=True``);
+            False goes on while a running beam could still beat the finished ones.
+        prefix_cache_mb: Host memory for the KV cells of earlier prompts, reused for the longest shared
+            token prefix (least recently used dropped first); 0 turns prompt reuse off.
+        max_batch_users: Users whose searches share one ``llama_decode`` per step in :meth:`generate_batch`.
+        kv_tokens: KV cells of the context; None = room for one user's longest prompt and beams. More cells
+            let :meth:`generate_batch` run more users at once.
     """
 
     num_beams: int = 5
@@ -52,6 +69,10 @@ class GenerationConfig:
     n_ctx: int = 1024
     length_penalty: float = 1.0
     num_threads: int | None = None
+    early_stopping: bool = True
+    prefix_cache_mb: int = 64
+    max_batch_users: int = 8
+    kv_tokens: int | None = None
 
     def __post_init__(self) -> None:
         max_beams = (MAX_SEQUENCES - 1) // 2
@@ -73,6 +94,18 @@ class GenerationConfig:
             raise InputError(f"--length-penalty must be a finite number, got {self.length_penalty}")
         if self.num_threads is not None and self.num_threads < 1:
             raise InputError(f"--num-threads must be >= 1, got {self.num_threads}")
+        if self.prefix_cache_mb < 0:
+            raise InputError(f"--prefix-cache-mb must be >= 0, got {self.prefix_cache_mb}")
+        max_users = MAX_SEQUENCES // (2 * self.num_beams)
+        if not 1 <= self.max_batch_users <= max_users:
+            raise InputError(f"--max-batch-users must be in [1, {max_users}], got {self.max_batch_users}")
+        if self.kv_tokens is not None and self.kv_tokens < self.user_kv_tokens:
+            raise InputError(f"--kv-tokens must be >= {self.user_kv_tokens} (one user), got {self.kv_tokens}")
+
+    @property
+    def user_kv_tokens(self) -> int:
+        """KV cells one user's search needs at most: the longest prompt and every beam's new tokens."""
+        return self.n_ctx + self.num_beams * self.max_new_tokens
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -80,13 +113,29 @@ class GenerationConfig:
         return self.n_ctx - self.max_new_tokens
 
 
+def batched_config(num_users: int, config: GenerationConfig | None = None) -> GenerationConfig:
+    """``config`` with a context for ``num_users`` searches at once (prompts of up to half ``n_ctx``).
+
+    Users with longer prompts still run, with fewer users in flight: each admission checks its own prompt.
+    """
+    config = config or GenerationConfig()
+    per_user = config.n_ctx // 2 + config.num_beams * config.max_new_tokens
+    kv_tokens = max(config.user_kv_tokens, num_users * per_user)
+    return replace(config, max_batch_users=num_users, kv_tokens=kv_tokens)
+
+
 @dataclass(frozen=True)
 class GeneratedQuery:
-    """One generated title: parsed title, its beam score and the raw generated text."""
+    """One generated title: parsed title, its beam score and the raw generated text.
+
+    ``items`` holds the catalogue positions the title names when the beam was constrained to the catalogue
+    (several for a duplicated title, empty if the length limit cut it); None for a free beam.
+    """
 
     title: str
     score: float
     text: str
+    items: tuple[int, ...] | None = None
 
 
 class QueryGenerator(Protocol):
@@ -95,16 +144,41 @@ class QueryGenerator(Protocol):
     def generate(self, history: Sequence[str]) -> list[GeneratedQuery]: ...
 
 
+def vocab_texts(lib: Any, model: Any) -> list[str]:
+    """The vocabulary's token strings in id order (the GGUF's ``tokenizer.ggml.tokens``)."""
+    vocab = model.vocab
+    return [lib.llama_vocab_get_text(vocab, t).decode("utf-8") for t in range(model.n_vocab())]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # GGUF header and llama.cpp runtime
 
-@dataclass
-class SearchStats:
-    """Counters of the last search (tests and benchmarks read them)."""
+class _LlamaKv:
+    """:class:`gloss.edge.beam_batch.KvRuntime` over a llama.cpp context (unified KV cache)."""
 
-    num_steps: int = 0
-    num_decode_calls: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    def __init__(self, gen: LlamaCppGenerator) -> None:
+        self.gen, self.lib, self.ctx, self.memory = gen, gen._lib, gen._ctx.ctx, gen._memory
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], outputs: list[bool]) -> np.ndarray:
+        return self.gen._decode(tokens, positions, seq_ids, outputs)
+
+    def clear(self) -> None:
+        self.lib.llama_memory_clear(self.memory, True)
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        self.lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)  # a unified cache shares the cells
+
+    def seq_rm(self, seq: int, start: int = -1) -> None:
+        self.lib.llama_memory_seq_rm(self.memory, seq, start, -1)
+
+    def save_seq(self, seq: int) -> tuple[Any, int] | None:
+        size = self.lib.llama_state_seq_get_size(self.ctx, seq)
+        state = (ctypes.c_uint8 * size)()
+        written = self.lib.llama_state_seq_get_data(self.ctx, state, size, seq)
+        return (state, written) if written else None
+
+    def load_seq(self, seq: int, state: Any, size: int) -> bool:
+        return self.lib.llama_state_seq_set_data(self.ctx, state, size, seq) != 0
 
 
 class LlamaCppGenerator:
@@ -113,17 +187,33 @@ class LlamaCppGenerator:
     Create it with :meth:`load`. Not thread-safe: one search at a time per instance.
     """
 
-    def __init__(self, lib: Any, model: Any, ctx: Any, config: GenerationConfig, add_bos: bool) -> None:
+    def __init__(
+        self, lib: Any, model: Any, ctx: Any, config: GenerationConfig, add_bos: bool,
+        constraint: TokenTrie | None = None,
+    ) -> None:
         self._lib, self._model, self._ctx, self.config, self.add_bos = lib, model, ctx, config, add_bos
+        self.constraint = constraint  # catalogue trie: beams may only write catalogue titles
         self._memory = lib.llama_get_memory(ctx.ctx)
         self._vocab = model.vocab
         self.n_vocab = model.n_vocab()
         self._batch = lib.llama_batch_init(config.n_ctx, 0, 1)
         self.stop_token_ids = frozenset(self._find_stop_tokens())
+        if constraint is not None and not set(constraint.meta.end_token_ids) <= self.stop_token_ids:
+            raise InputError(
+                f"the trie ends titles with tokens {list(constraint.meta.end_token_ids)}, which this model does "
+                "not stop on; rebuild the trie from this generator's GGUF"
+            )
         self.settings = BeamSettings(
-            config.num_beams, config.max_new_tokens, self.stop_token_ids, config.length_penalty
+            num_beams=config.num_beams,
+            max_new_tokens=config.max_new_tokens,
+            stop_token_ids=self.stop_token_ids,
+            length_penalty=config.length_penalty,
+            early_stopping=config.early_stopping,
+            constraint=constraint,
         )
         self.stats = SearchStats()
+        self.prefix_cache: PrefixCache[Any] = PrefixCache(config.prefix_cache_mb * 2**20)
+        self.kv_capacity = config.kv_tokens or config.user_kv_tokens
 
     @classmethod
     def load(
@@ -132,6 +222,7 @@ class LlamaCppGenerator:
         config: GenerationConfig = GenerationConfig(),  # noqa: B008 (frozen, so a shared default is safe)
         add_bos: bool | None = None,
         verbose: bool = False,
+        constraint: TokenTrie | None = None,
     ) -> LlamaCppGenerator:
         """Load a GGUF and create the context that holds all beams.
 
@@ -141,12 +232,15 @@ class LlamaCppGenerator:
             add_bos: Prepend BOS to the prompt; None follows the GGUF's ``tokenizer.ggml.add_bos_token``
                 (what llama.cpp does). It must match how the model saw prompts in training.
             verbose: Let llama.cpp log to stderr.
+            constraint: A catalogue trie (``Bundle.open_trie()``): every beam is then a catalogue title and
+                ``max_new_tokens`` becomes the trie's longest title, which every constrained beam ends by.
 
         Returns:
             A ready generator.
 
         Raises:
-            InputError: If the file is missing, not a GGUF, or not a LLaMA-architecture model.
+            InputError: If the file is missing, not a GGUF, or not a LLaMA-architecture model, or the trie
+                was built with another tokenizer.
             MissingDependencyError: If llama-cpp-python is not installed.
         """
         gguf_path = Path(gguf_path)
@@ -161,6 +255,9 @@ class LlamaCppGenerator:
             model = _internals.LlamaModel(path_model=str(gguf_path), params=model_params, verbose=verbose)
         except ValueError as exc:
             raise InputError(f"{gguf_path}: llama.cpp could not load it ({exc}); re-export the GGUF") from exc
+        if constraint is not None:
+            constraint.check(None, vocab_fingerprint(vocab_texts(lib, model)), str(gguf_path))
+            config = replace(config, max_new_tokens=constraint.meta.max_length)
         ctx = _internals.LlamaContext(model=model, params=cls._context_params(lib, config), verbose=verbose)
         resolved_bos = model.add_bos_token() if add_bos is None else add_bos
         logger.info(
@@ -174,16 +271,16 @@ class LlamaCppGenerator:
         )
         if config.n_ctx > model.n_ctx_train():
             logger.warning("--n-ctx %d exceeds the training context %d", config.n_ctx, model.n_ctx_train())
-        return cls(lib, model, ctx, config, bool(resolved_bos))
+        return cls(lib, model, ctx, config, bool(resolved_bos), constraint)
 
     @staticmethod
     def _context_params(lib: Any, config: GenerationConfig) -> Any:
         """One unified KV cache: every beam shares the prompt's cells and adds its own tokens."""
         params = lib.llama_context_default_params()
-        params.n_ctx = config.n_ctx + config.num_beams * config.max_new_tokens
+        params.n_ctx = config.kv_tokens or config.user_kv_tokens
         params.n_batch = config.n_ctx  # the whole prompt goes in one llama_decode call
         params.n_ubatch = min(512, config.n_ctx)
-        params.n_seq_max = 2 * config.num_beams + 1
+        params.n_seq_max = 2 * config.num_beams * config.max_batch_users
         params.kv_unified = True
         # Beams are ranked by small score differences: an f16 KV cache or flash attention moved SmolLM2's
         # log-probs by ~2e-3, an f32 cache without it matches transformers to ~1e-5 (same weights).
@@ -256,26 +353,30 @@ class LlamaCppGenerator:
     # -- decoding ----------------------------------------------------------------------------------------
 
     def _decode(
-        self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], outputs: int
+        self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], outputs: int | Sequence[bool]
     ) -> np.ndarray:
-        """Decode one batch; the last ``outputs`` tokens return logits, as a ``(outputs, vocab)`` array."""
+        """Decode one batch and return the logits of the output tokens as a ``(outputs, vocab)`` view.
+
+        ``outputs`` is a count (the last tokens return logits) or one flag per token. The view is only valid
+        until the next decode.
+        """
         batch, n = self._batch, len(tokens)
-        first_output = n - outputs
-        for i, (token, pos, seq) in enumerate(zip(tokens, positions, seq_ids, strict=True)):
+        flags = [i >= n - outputs for i in range(n)] if isinstance(outputs, int) else outputs
+        for i, (token, pos, seq, out) in enumerate(zip(tokens, positions, seq_ids, flags, strict=True)):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0] = seq
-            batch.logits[i] = i >= first_output
+            batch.logits[i] = out
         batch.n_tokens = n
         rc = self._lib.llama_decode(self._ctx.ctx, batch)
         self.stats.num_decode_calls += 1
         self.stats.batch_sizes.append(n)
         if rc != 0:
             raise GlossError(f"llama_decode failed with code {rc} for a batch of {n} tokens; lower --n-ctx")
-        rows = [self._lib.llama_get_logits_ith(self._ctx.ctx, i) for i in range(first_output, n)]
-        return np.stack([np.ctypeslib.as_array(row, shape=(self.n_vocab,)) for row in rows])
+        # Output rows are contiguous, in batch order: one view, no per-row copy.
+        return np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx.ctx), shape=(sum(flags), self.n_vocab))
 
-    def _start(self, prompt_tokens: Sequence[int]) -> np.ndarray:
-        """Clear the cache, decode the prompt in sequence 0 and return its last logits."""
+    def _check_prompt(self, prompt_tokens: Sequence[int]) -> None:
+        """Raise InputError for an empty prompt or one longer than the context leaves room for."""
         if not prompt_tokens:
             raise InputError("empty prompt: give at least one token")
         if len(prompt_tokens) > self.config.max_prompt_tokens:
@@ -283,6 +384,10 @@ class LlamaCppGenerator:
                 f"prompt has {len(prompt_tokens)} tokens, more than --n-ctx {self.config.n_ctx} minus "
                 f"--max-new-tokens {self.config.max_new_tokens}; truncate the history (prompt_tokens does)"
             )
+
+    def _start(self, prompt_tokens: Sequence[int]) -> np.ndarray:
+        """Clear the cache, decode the prompt in sequence 0 and return its last logits."""
+        self._check_prompt(prompt_tokens)
         self.stats = SearchStats()
         self._lib.llama_memory_clear(self._memory, True)
         n = len(prompt_tokens)
@@ -298,34 +403,49 @@ class LlamaCppGenerator:
             Up to ``num_return_sequences`` ``(generated token ids, score)``, best first; the ids end with
             the stop token unless the length limit ended them.
         """
-        prompt_len, num_beams = len(prompt_tokens), self.config.num_beams
-        halves = (1, 1 + num_beams)  # ping-pong: beams live in seqs [1..B] or [B+1..2B]
-        state = {"seqs": [0], "half": 0}
+        return self.beam_search_batch([prompt_tokens])[0]
 
-        def advance(beams: Beams, parents: tuple[int, ...]) -> np.ndarray:
-            base = halves[state["half"]]
-            new_seqs = [base + i for i in range(len(parents))]
-            for dst, parent in zip(new_seqs, parents, strict=True):
-                self._lib.llama_memory_seq_cp(self._memory, state["seqs"][parent], dst, -1, -1)
-            for old in state["seqs"]:
-                self._lib.llama_memory_seq_rm(self._memory, old, -1, -1)
-            state["seqs"], state["half"] = new_seqs, 1 - state["half"]
-            step = len(beams.sequences[0]) - 1
-            self.stats.num_steps += 1
-            tokens = [seq[-1] for seq in beams.sequences]
-            return log_softmax(self._decode(tokens, [prompt_len + step] * len(tokens), new_seqs, len(tokens)))
+    def beam_search_batch(
+        self, prompts: Sequence[Sequence[int]], observe: Callable[[int, Beams, int], None] | None = None
+    ) -> list[list[tuple[list[int], float]]]:
+        """Beam searches of several prompts, up to ``max_batch_users`` at once in one ``llama_decode`` per step.
 
-        first = log_softmax(self._start(prompt_tokens))
-        self.stats.num_steps += 1
-        beams = run_beam_search(first, advance, self.settings)
-        return [(list(seq), score) for score, seq in beams.finished[: self.config.num_return_sequences]]
+        Each step decodes every running beam of every user in flight, plus the prompts of users admitted
+        while sequence ids and KV cells are free (a user is admitted as another finishes); each prompt starts
+        from the cached KV cells of its longest prefix shared with an earlier prompt. Each search makes the same
+        choices as alone; only float rounding of the batched kernels can differ.
+
+        Args:
+            prompts: Prompt token ids, each at most ``n_ctx - max_new_tokens``.
+            observe: Called after every beam step with (prompt index, beams, steps).
+
+        Returns:
+            For each prompt, what :meth:`beam_search` returns.
+        """
+        for prompt in prompts:
+            self._check_prompt(prompt)
+        self.stats = SearchStats()
+        return self._searcher(observe).run(prompts)
+
+    def warm_prefix(self, prompt_tokens: Sequence[int]) -> None:
+        """Decode a prompt into the prefix cache without searching (e.g. a returning user's last history, or
+        any prompt at start-up so that the first request already reuses the prompt header)."""
+        self._check_prompt(prompt_tokens)
+        self._searcher().warm(prompt_tokens)
+
+    def _searcher(self, observe: Callable[[int, Beams, int], None] | None = None) -> BatchedBeamSearch:
+        limits = BatchLimits(
+            self.config.num_return_sequences, self.config.max_batch_users, self.kv_capacity, self.config.n_ctx
+        )
+        return BatchedBeamSearch(_LlamaKv(self), self.settings, limits, self.prefix_cache, self.stats, observe)
 
     def _queries(self, results: Sequence[tuple[Sequence[int], float]]) -> list[GeneratedQuery]:
-        """Turn token results into parsed queries."""
+        """Turn token results into parsed queries (with their catalogue positions when constrained)."""
         out = []
         for tokens, score in results:
             text = self.detokenize(tokens)
-            out.append(GeneratedQuery(title=parse_generated(text), score=float(score), text=text))
+            items = self.constraint.items(tokens) if self.constraint is not None else None
+            out.append(GeneratedQuery(title=parse_generated(text), score=float(score), text=text, items=items))
         return out
 
     def generate(self, history: Sequence[str]) -> list[GeneratedQuery]:
@@ -335,6 +455,33 @@ class LlamaCppGenerator:
             InputError: If the history is empty or its newest item alone does not fit the context.
         """
         return self._queries(self.beam_search(self.prompt_tokens(history)))
+
+    def generate_batch(self, histories: Sequence[Sequence[str]]) -> list[list[GeneratedQuery]]:
+        """:meth:`generate` for several histories, their searches batched (see :meth:`beam_search_batch`).
+
+        Raises:
+            InputError: If a history is empty or its newest item alone does not fit the context.
+        """
+        results = self.beam_search_batch([self.prompt_tokens(history) for history in histories])
+        return [self._queries(result) for result in results]
+
+    def cap_new_tokens(self, titles: Iterable[str], margin: int = TITLE_MARGIN_TOKENS) -> int:
+        """Stop searches at the longest rendered catalogue title in tokens (+ stop token + ``margin``).
+
+        A beam that has not ended a title by then never names a catalogue item, so the cap only cuts
+        runaway beams. The configured ``max_new_tokens`` stays the upper bound and keeps setting the prompt
+        budget, so histories are cut as before. Returns the new cap.
+        """
+        enough = self.config.max_new_tokens - 1 - margin  # a title this long leaves the configured cap as is
+        longest = 0
+        for title in sorted(titles, key=len, reverse=True):  # long texts first: usually stops at the first
+            longest = max(longest, len(self._model.tokenize(render_item(title).encode("utf-8"), False, False)))
+            if longest >= enough:
+                break
+        cap = min(self.config.max_new_tokens, longest + 1 + margin)
+        self.settings = replace(self.settings, max_new_tokens=cap)
+        logger.info("searches stop at %d new tokens (catalogue titles reach %d tokens)", cap, longest)
+        return cap
 
     def generate_greedy(self, history: Sequence[str]) -> GeneratedQuery:
         """One greedy decode of the same prompt (a speed baseline); score is its mean log-probability."""
@@ -347,7 +494,7 @@ class LlamaCppGenerator:
             tokens.append(token)
             total += float(log_probs[token])
             self.stats.num_steps += 1
-            if token in self.stop_token_ids or len(tokens) >= self.config.max_new_tokens:
+            if token in self.stop_token_ids or len(tokens) >= self.settings.max_new_tokens:
                 break
             log_probs = log_softmax(self._decode([token], [len(prompt) + len(tokens) - 1], [0], 1))[0]
         return self._queries([(tokens, total / len(tokens) ** self.config.length_penalty)])[0]

@@ -19,6 +19,7 @@ from gloss.edge.bundle import (
     MANIFEST_NAME,
     OPTIONAL_SECTIONS,
     SECTIONS,
+    TRIE_FILE,
     Bundle,
     atomic_dir,
     load_bundle,
@@ -27,12 +28,20 @@ from gloss.edge.bundle import (
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
+from gloss.edge.files import check_input_file, sha256_file
 from gloss.edge.fusion import FusionConfig
 from gloss.edge.gguf_header import check_gguf
-from gloss.edge.index import METRIC, ItemIndex
+from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, METRIC, ItemIndex
+from gloss.edge.trie import check_titles
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
 
 logger = logging.getLogger(__name__)
+
+# Footprint defaults (benchmarks/footprint.py, Beauty validation users): the int8 embedder and the f16 index keep
+# Recall@5/NDCG@5 within noise of fp32 / f32 at a quarter / half the size. The generator stays Q8_0: Q5_K_M (the
+# only listed type that brings the bundle under 150 MB) changes SmolLM2's next token against F16 far more often.
+DEFAULT_METHOD = "Q8_0"
+DEFAULT_EMBEDDER_INT8 = True
 
 def _generator_section(gguf_path: Path, generator_meta: dict[str, Any] | None) -> dict[str, Any]:
     meta = dict(generator_meta or {})
@@ -41,6 +50,13 @@ def _generator_section(gguf_path: Path, generator_meta: dict[str, Any] | None) -
     except (TypeError, ValueError) as exc:
         raise InputError(f"generator metadata is not JSON-serialisable: {exc}") from exc
     return {**meta, "file": GENERATOR_FILE, "source": meta.get("source", gguf_path.name)}
+
+
+def _trie_section(bundle_dir: Path, catalog: Catalog) -> dict[str, Any]:
+    """Build the catalogue trie of the bundle's generator GGUF in ``bundle_dir``; return its manifest section."""
+    from gloss.export.trie import write_trie  # lazy: loads llama.cpp
+
+    return write_trie(catalog.titles, bundle_dir / GENERATOR_FILE, bundle_dir / TRIE_FILE, TRIE_FILE)
 
 
 def _copy_generator(bundle_dir: Path, gguf_path: Path) -> None:
@@ -71,7 +87,12 @@ def build_bundle(
     name: str | None = None,
     show_progress: bool | None = None,
     adapter: str | Path | None = None,
-    method: str = "Q8_0",
+    method: str = DEFAULT_METHOD,
+    int8_embedder: bool = DEFAULT_EMBEDDER_INT8,
+    index_dtype: str = DEFAULT_INDEX_DTYPE,
+    sequences_path: Path | None = None,
+    holdout: int = 0,
+    fusion_config: FusionConfig | None = None,
 ) -> Path:
     """Build a bundle folder: catalogue, embedder, index of all titles, optional generator, then the manifest.
 
@@ -89,6 +110,14 @@ def build_bundle(
         adapter: Instead of ``gguf_path``: a LoRA adapter (shipped name, run or adapter folder) to merge,
             convert and quantize into the bundle's generator (:func:`gloss.export.generator.build_generator_gguf`).
         method: llama.cpp quantization of the ``adapter`` generator.
+        int8_embedder: Export the default embedder with int8 weights (ignored with ``embedder_dir``, whose
+            export decided it).
+        index_dtype: How the index stores the vectors: ``f32``, ``f16`` or ``i8``.
+        sequences_path: User sequences (``{"user", "items"}``): add co-purchase statistics for the fusion
+            re-ranker in the same build (as :func:`add_fusion` does afterwards).
+        holdout: Items left out at the end of every sequence: 0 to serve, 1 to evaluate on test, 2 on
+            validation.
+        fusion_config: Fusion weights for the manifest; default :class:`FusionConfig`.
 
     Returns:
         ``out_dir``.
@@ -99,6 +128,8 @@ def build_bundle(
     catalog_path, out_dir = Path(catalog_path), Path(out_dir)
     if gguf_path is not None and adapter is not None:
         raise InputError("give either a generator GGUF or an adapter, not both")
+    if index_dtype not in INDEX_DTYPES:
+        raise InputError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {index_dtype!r}")
     if adapter is not None:
         from gloss.export.generator import build_generator_gguf, resolve_adapter
 
@@ -107,19 +138,24 @@ def build_bundle(
         OnnxEmbedder.load(Path(embedder_dir))
     if gguf_path is not None:
         check_gguf(gguf_path, stop_after="general.architecture")
+    if sequences_path is not None:
+        check_holdout(holdout)
+        check_input_file(Path(sequences_path), "sequences file")
     catalog = load_catalog(catalog_path)
+    if gguf_path is not None or adapter is not None:
+        check_titles(catalog.titles)  # the generator's trie needs every title; fail before the slow steps
     name = name or catalog_path.name.split(".")[0]
     with atomic_dir(out_dir, marker=MANIFEST_NAME) as tmp:
         save_catalog(catalog, tmp / CATALOG_FILE)
         if embedder_dir is None:
             from gloss.export.embedder import export_embedder  # lazy: imports torch and optimum
 
-            export_embedder(tmp / EMBEDDER_DIR)
+            export_embedder(tmp / EMBEDDER_DIR, int8=int8_embedder)
             embedder = OnnxEmbedder.load(tmp / EMBEDDER_DIR)
         else:
             embedder = _copy_embedder(Path(embedder_dir), tmp / EMBEDDER_DIR)
         vectors = embed_catalog(catalog, embedder, show_progress)
-        index = ItemIndex.build(vectors, show_progress=show_progress)
+        index = ItemIndex.build(vectors, show_progress=show_progress, dtype=index_dtype)
         index.save(tmp / INDEX_FILE)
         sections: dict[str, Any] = {
             "catalog": {"file": CATALOG_FILE, "num_items": len(catalog), "name": name},
@@ -128,6 +164,7 @@ def build_bundle(
                 "file": INDEX_FILE,
                 "dim": index.dim,
                 "metric": METRIC,
+                "dtype": index.dtype,
                 "num_items": len(index),
                 "item_text": ITEM_TEXT,
             },  # fmt: skip
@@ -139,6 +176,11 @@ def build_bundle(
             meta = build_generator_gguf(source, tmp / GENERATOR_FILE, method=method, work_dir=tmp)
             meta = {**meta, **(generator_meta or {}), "source": Path(str(adapter)).name}
             sections["generator"] = _generator_section(tmp / GENERATOR_FILE, meta)
+        if "generator" in sections:  # every generator comes with its catalogue trie
+            sections["generator"]["trie"] = _trie_section(tmp, catalog)
+        if sequences_path is not None:
+            sections["fusion"] = _fusion_section(tmp, catalog, Path(sequences_path), holdout, DEFAULT_WINDOW,
+                                                 DEFAULT_DECAY, fusion_config)
         write_manifest(tmp, sections)
     has_generator = gguf_path is not None or adapter is not None
     logger.info("bundle %s: %d items, generator: %s", out_dir, len(catalog), has_generator)
@@ -171,7 +213,7 @@ def add_generator(bundle_dir: Path, gguf_path: Path, generator_meta: dict[str, A
 
     def write(tmp: Path, bundle: Bundle) -> dict[str, Any]:
         _copy_generator(tmp, Path(gguf_path))
-        return _generator_section(Path(gguf_path), generator_meta)
+        return {**_generator_section(Path(gguf_path), generator_meta), "trie": _trie_section(tmp, bundle.catalog)}
 
     return _rewrite_bundle(Path(bundle_dir), "generator", GENERATOR_FILE, write)
 
@@ -201,20 +243,38 @@ def add_fusion(
     Raises:
         InputError: On a bad bundle, unreadable sequences, an item not in the catalogue or bad settings.
     """
-    if holdout not in (0, 1, 2):
-        raise InputError(f"--holdout must be 0 (serve), 1 (test) or 2 (validation), got {holdout}")
-    config = config or FusionConfig()
+
+    check_holdout(holdout)
 
     def write(tmp: Path, bundle: Bundle) -> dict[str, Any]:
-        out = tmp / COPURCHASE_FILE
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stats = build_copurchase_file(Path(sequences_path), bundle.catalog, out, holdout, window, decay)
-        return {
-            "file": COPURCHASE_FILE, "holdout": holdout, "window": window, "decay": decay,
-            "sequences": Path(sequences_path).name, "nnz": stats.nnz, "config": config.to_dict(),
-        }  # fmt: skip
+        return _fusion_section(tmp, bundle.catalog, Path(sequences_path), holdout, window, decay, config)
 
     return _rewrite_bundle(Path(bundle_dir), "fusion", COPURCHASE_FILE, write)
+
+
+def check_holdout(holdout: int) -> None:
+    """Raise InputError unless ``holdout`` is 0 (serve), 1 (test) or 2 (validation)."""
+    if holdout not in (0, 1, 2):
+        raise InputError(f"--holdout must be 0 (serve), 1 (test) or 2 (validation), got {holdout}")
+
+
+def _fusion_section(
+    tmp: Path, catalog: Catalog, sequences_path: Path, holdout: int, window: int, decay: float,
+    config: FusionConfig | None,
+) -> dict[str, Any]:
+    """Write the co-purchase statistics into a bundle being built and return the manifest's fusion section.
+
+    The section records the sequences file's name and SHA-256 and the holdout, so ``gloss-edge eval
+    --fusion`` can refuse statistics that saw the evaluated targets.
+    """
+    out = tmp / COPURCHASE_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats = build_copurchase_file(sequences_path, catalog, out, holdout, window, decay)
+    return {
+        "file": COPURCHASE_FILE, "holdout": holdout, "window": window, "decay": decay,
+        "sequences": sequences_path.name, "sequences_sha256": sha256_file(sequences_path), "nnz": stats.nnz,
+        "config": (config or FusionConfig()).to_dict(),
+    }  # fmt: skip
 
 
 def _rewrite_bundle(
@@ -223,17 +283,36 @@ def _rewrite_bundle(
     """Copy a checked bundle into a temp folder without one optional part, let ``write`` add the new part
     and return its manifest section, rewrite the manifest and swap the folders."""
     bundle = load_bundle(bundle_dir, verify=True)
-    old_part = Path(part_file).parts[0]
+    rewrite_bundle(bundle, lambda tmp, b: {section: write(tmp, b)}, skip=(Path(part_file).parts[0],))
+    logger.info("bundle %s: %s added", bundle_dir, section)
+    return bundle_dir
+
+
+def rewrite_bundle(
+    bundle: Bundle, write: Callable[[Path, Bundle], dict[str, Any]], skip: tuple[str, ...] = ()
+) -> Path:
+    """Rewrite a loaded bundle atomically: copy it into a temp folder beside it, let ``write`` change files
+    there and return the manifest sections it replaces, rewrite the manifest (sizes, checksums) and swap
+    the folders, so a reader sees the old bundle or the new one, never a mix.
+
+    Args:
+        bundle: The bundle as loaded (and checked) by :func:`gloss.edge.bundle.load_bundle`.
+        write: Called with the temp folder and ``bundle``; returns ``{section name: section}``.
+        skip: Top-level entries of the bundle not copied (parts that ``write`` replaces).
+
+    Returns:
+        The bundle folder.
+    """
+    bundle_dir = bundle.dir
     with atomic_dir(bundle_dir, marker=MANIFEST_NAME) as tmp:
         for entry in bundle_dir.iterdir():
-            if entry.name in (MANIFEST_NAME, old_part):
+            if entry.name == MANIFEST_NAME or entry.name in skip:
                 continue
             if entry.is_dir():
                 shutil.copytree(entry, tmp / entry.name)
             else:
                 shutil.copy2(entry, tmp / entry.name)
         sections = {key: bundle.manifest[key] for key in (*SECTIONS, *OPTIONAL_SECTIONS) if key in bundle.manifest}
-        sections[section] = write(tmp, bundle)
+        sections.update(write(tmp, bundle))
         write_manifest(tmp, sections)
-    logger.info("bundle %s: %s added", bundle_dir, section)
     return bundle_dir

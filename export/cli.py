@@ -8,11 +8,14 @@ from typing import Annotated
 
 import typer
 
+from gloss.edge.cli_errors import OneLineErrors
 from gloss.edge.errors import InputError, user_errors
+from gloss.edge.index import DEFAULT_INDEX_DTYPE
 from gloss.edge.logs import setup_logging
+from gloss.export.bundle import DEFAULT_EMBEDDER_INT8, DEFAULT_METHOD
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneLineErrors)
 
 
 @app.callback()
@@ -34,14 +37,29 @@ class GgufDtype(str, enum.Enum):
     f32 = "f32"
 
 
+class IndexDtype(str, enum.Enum):
+    """How the bundle's index stores the item vectors."""
+
+    f32 = "f32"
+    f16 = "f16"
+    i8 = "i8"
+
+
 class QuantMethod(str, enum.Enum):
     """llama.cpp quantization types offered by `gloss-export quantize`."""
 
     Q8_0 = "Q8_0"
+    Q6_K = "Q6_K"
     Q4_K_M = "Q4_K_M"
     Q5_K_M = "Q5_K_M"
     Q4_0 = "Q4_0"
     F16 = "F16"
+
+
+# `bundle` defaults (the footprint choices of gloss.export.bundle / gloss.edge.index, benchmarks/footprint.py)
+BUNDLE_METHOD = QuantMethod(DEFAULT_METHOD)
+BUNDLE_INT8 = DEFAULT_EMBEDDER_INT8
+BUNDLE_INDEX_DTYPE = IndexDtype(DEFAULT_INDEX_DTYPE)
 
 
 @app.command()
@@ -134,10 +152,21 @@ def bundle(
             "as GGUF and quantized with --method."
         ),
     ] = None,
-    method: Annotated[QuantMethod, typer.Option(help="Quantization of the --adapter generator.")] = QuantMethod.Q8_0,
+    method: Annotated[QuantMethod, typer.Option(help="Quantization of the --adapter generator.")] = BUNDLE_METHOD,
+    int8_embedder: Annotated[bool, typer.Option("--int8-embedder/--fp32-embedder", help="Default embedder with "
+                                                "int8 or fp32 weights (without --embedder-dir).")] = BUNDLE_INT8,
+    index_dtype: Annotated[IndexDtype, typer.Option(help="How the index stores the vectors (search is exact "
+                                                    "either way).")] = BUNDLE_INDEX_DTYPE,
     name: Annotated[str | None, typer.Option(help="Catalogue name; default: file name.")] = None,
+    sequences_path: Annotated[
+        Path | None, typer.Option("--sequences", help="User sequences JSONL(.gz) (user, items): add co-purchase "
+                                  "statistics for fusion re-ranking in the same build.")
+    ] = None,
+    holdout: Annotated[int, typer.Option(min=0, max=2, help="With --sequences: items left out at the end of each "
+                                         "sequence: 0 to serve, 1 to evaluate on test, 2 on validation.")] = 0,
 ) -> None:
-    """Build an edge bundle: embed all titles, index them, add the GGUF, write the manifest."""
+    """Build an edge bundle: embed all titles, index them, add the GGUF (and co-purchase statistics), write the
+    manifest."""
     from gloss.export.bundle import build_bundle
 
     with user_errors():
@@ -151,7 +180,8 @@ def bundle(
             meta = {"base_model": gguf_path.name, "fine_tuned": False}
         out = build_bundle(
             catalog_path, out_dir, embedder_dir=embedder_dir, gguf_path=gguf_path, generator_meta=meta,
-            adapter=adapter, method=method.value, name=name,
+            adapter=adapter, method=method.value, name=name, int8_embedder=int8_embedder,
+            index_dtype=index_dtype.value, sequences_path=sequences_path, holdout=holdout,
         )
     typer.echo(str(out))
 
@@ -176,6 +206,27 @@ def fusion(
         config = load_fusion_config(config_path) if config_path else None
         out = add_fusion(bundle_dir, sequences_path, holdout=holdout, window=window, decay=decay, config=config)
     typer.echo(str(out))
+
+
+# --- update: a living catalogue (add / retire items without a rebuild) ---
+
+
+@app.command()
+def update(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle to update (rewritten atomically).")],
+    add_path: Annotated[Path | None, typer.Option("--add", help="New items JSONL(.gz): 'asin' and 'title' (the "
+                                                  "catalogue format).")] = None,
+    remove_path: Annotated[Path | None, typer.Option("--remove", help="Text file of item ids to retire, one per "
+                                                     "line.")] = None,
+) -> None:
+    """Add and retire catalogue items: embeds only the new titles, updates index, fusion statistics and trie."""
+    from gloss.export.update import update_bundle
+
+    with user_errors():
+        result = update_bundle(bundle_dir, add_path=add_path, remove_path=remove_path)
+    typer.echo(f"{result.bundle_dir}: +{result.num_added} -{result.num_removed} items, {result.num_items} in the "
+               f"catalogue (version {result.version})", err=True)
+    typer.echo(str(result.bundle_dir))
 
 
 if __name__ == "__main__":

