@@ -173,7 +173,9 @@ def recommend(
     include_seen: Annotated[bool, typer.Option("--include-seen/--exclude-seen", help="Keep items already in the "
                                                "history (default: removed).")] = False,
     last_item: Annotated[bool, typer.Option("--last-item", help="Skip the LLM: search with the last "
-                                            "item's title.")] = False,
+                                            "item's title (same as --no-llm).")] = False,
+    llm: Annotated[bool | None, typer.Option("--llm/--no-llm", help="Run the bundle's LLM (default: yes, unless "
+                                             "fusion ranks and its weights give the LLM no say).")] = None,
     fusion: Annotated[bool | None, typer.Option("--fusion/--no-fusion", help="Fusion re-ranking (default: on "
                                                 "when the bundle has co-purchase statistics).")] = None,
     constrained: Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to catalogue "
@@ -194,7 +196,7 @@ def recommend(
         bundle = load_bundle(bundle_dir, verify=False)
         history = bundle.catalog.resolve_history(history)
         bundle.verify()
-        recommender = Recommender.from_bundle(bundle, use_generator=not last_item, use_fusion=fusion,
+        recommender = Recommender.from_bundle(bundle, use_generator=use_llm(llm, last_item), use_fusion=fusion,
                                               exclude_seen=not include_seen, constrained=constrained)
         result = recommender.recommend(history, k=k, explain=explain)
     if as_json:
@@ -208,6 +210,13 @@ def recommend(
             typer.echo(f"     = {result.explanations[rank - 1].describe()}")
 
 
+def use_llm(llm: bool | None, last_item: bool) -> bool | None:
+    """``use_generator`` from ``--llm/--no-llm`` and ``--last-item`` (None: the recommender decides)."""
+    if last_item and llm:
+        raise InputError("--last-item skips the LLM: not with --llm")
+    return False if last_item else llm
+
+
 # --- serve ---
 
 
@@ -218,7 +227,9 @@ def serve(
                                       "authentication).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 = any free port).")] = 8080,
     last_item: Annotated[bool, typer.Option("--last-item", help="Serve without the LLM (last-item search, or "
-                                            "fusion when the bundle has it).")] = False,
+                                            "fusion when the bundle has it; same as --no-llm).")] = False,
+    llm: Annotated[bool | None, typer.Option("--llm/--no-llm", help="Run the bundle's LLM (default: yes, unless "
+                                             "fusion ranks and its weights give the LLM no say).")] = None,
     fusion: Annotated[bool | None, typer.Option("--fusion/--no-fusion", help="Fusion re-ranking (default: on "
                                                 "when the bundle has co-purchase statistics).")] = None,
     constrained: Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to catalogue "
@@ -236,7 +247,7 @@ def serve(
 
     with user_errors():
         config = ServeConfig(queue_size=queue_size, max_batch=max_batch, request_timeout_s=request_timeout)
-        recommender = Recommender.load(bundle_dir, use_generator=not last_item, use_fusion=fusion,
+        recommender = Recommender.load(bundle_dir, use_generator=use_llm(llm, last_item), use_fusion=fusion,
                                        constrained=constrained)
         server = make_server(recommender, host, port, config)
         typer.echo(f"serving {bundle_dir} on {server.url} (POST /recommend, GET /health, GET /metrics)", err=True)

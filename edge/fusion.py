@@ -85,6 +85,14 @@ class FusionConfig:
     num_successors: int = 100
     num_popular: int = 20
 
+    @property
+    def uses_llm(self) -> bool:
+        """True when a generated title or beam can move the ranking (a query or beam weight above 0).
+
+        The cold-start prior also reads generated titles, but only as an alternative anchor to the last item.
+        """
+        return self.query_weight > 0 or self.beam_weight > 0
+
     def __post_init__(self) -> None:
         for name in WEIGHTS:
             value = getattr(self, name)

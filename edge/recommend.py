@@ -232,7 +232,7 @@ class Recommender:
     def load(
         cls,
         bundle_dir: Path,
-        use_generator: bool = True,
+        use_generator: bool | None = True,
         generation: GenerationConfig | None = None,
         verify: bool = True,
         use_fusion: bool | None = None,
@@ -243,7 +243,9 @@ class Recommender:
 
         Args:
             bundle_dir: Output of ``gloss-export bundle``.
-            use_generator: Generate queries with the bundle's LLM (else: last-item search).
+            use_generator: Generate queries with the bundle's LLM (else: last-item search). None decides by
+                the evidence: the LLM runs unless fusion ranks and its weights give the LLM no say
+                (:attr:`FusionConfig.uses_llm`), since then beams cost seconds and change nothing.
             generation: Beam-search settings.
             verify: Check every file's SHA-256.
             use_fusion: Rank with the fusion re-ranker; None uses it when the bundle has one.
@@ -262,7 +264,7 @@ class Recommender:
     def from_bundle(
         cls,
         bundle: Bundle,
-        use_generator: bool = True,
+        use_generator: bool | None = True,
         generation: GenerationConfig | None = None,
         use_fusion: bool | None = None,
         exclude_seen: bool = True,
@@ -275,6 +277,15 @@ class Recommender:
         """
         from gloss.edge.generate import LlamaCppGenerator
 
+        index = bundle.open_index()
+        if use_fusion is None:
+            use_fusion = bundle.fusion_meta is not None
+        fusion = bundle.open_fusion(index) if use_fusion else None
+        if use_generator is None:
+            use_generator = bundle.paths.generator is not None and (fusion is None or fusion.config.uses_llm)
+            if bundle.paths.generator is not None and not use_generator:
+                logger.info("fusion gives the LLM's beams no weight (query_weight = beam_weight = 0): "
+                            "recommending without running it (--llm forces it)")
         generator = None
         if use_generator:
             if bundle.paths.generator is None:
@@ -284,10 +295,6 @@ class Recommender:
                 )
             generator = LlamaCppGenerator.load(bundle.paths.generator, generation or GenerationConfig(),
                                                constraint=bundle.open_trie() if constrained else None)
-        index = bundle.open_index()
-        if use_fusion is None:
-            use_fusion = bundle.fusion_meta is not None
-        fusion = bundle.open_fusion(index) if use_fusion else None
         return cls(bundle.catalog, bundle.open_embedder(), index, generator, fusion, exclude_seen=exclude_seen)
 
     def generate_for(self, history: Sequence[str]) -> list[GeneratedQuery]:

@@ -86,7 +86,7 @@ def test_recommend_reads_titles_from_stdin_and_drops_seen(bundle_dir: Path, exam
         (["--last-item", "--item", "B000NOTREAL"], None, "unknown item 'B000NOTREAL'"),
         (["--last-item", "--history", "-"], "\n\n", "empty history"),
         (["--last-item"], None, "no history"),
-        (["--item", load_catalog(CATALOG_PATH).asins[0]], None, "bundle has no generator"),
+        (["--llm", "--item", load_catalog(CATALOG_PATH).asins[0]], None, "bundle has no generator"),
         (["--last-item", "--history", "missing.txt"], None, "missing.txt: no such history file"),
         (["--last-item", "--item", ""], None, "history item 1 is empty"),
         (["--last-item", "--item", "Title: "], None, "history item 1 is empty"),
@@ -327,9 +327,14 @@ def test_recommend_refuses_a_directory_as_history(bundle_dir: Path, tmp_path: Pa
 @pytest.fixture
 def bundle_with_generator(bundle_dir: Path, tmp_path: Path) -> Path:
     """A copy of the bundle whose manifest lists a generator (the GGUF bytes are never read in these tests)."""
+    return with_fake_generator(bundle_dir, tmp_path / "with-generator")
+
+
+def with_fake_generator(bundle_dir: Path, out: Path) -> Path:
+    """Copy a bundle to ``out`` and list a generator in its manifest (its bytes are not a model)."""
     from gloss.edge.bundle import GENERATOR_FILE, file_entries
 
-    out = Path(shutil.copytree(bundle_dir, tmp_path / "with-generator"))
+    out = Path(shutil.copytree(bundle_dir, out))
     (out / GENERATOR_FILE).parent.mkdir()
     (out / GENERATOR_FILE).write_bytes(b"GGUF not a real model")
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
@@ -457,3 +462,53 @@ def test_gloss_export_option_errors_are_one_error_line_too(args, message):
 def test_a_bare_command_still_prints_its_help():
     result = invoke()
     assert "recommend" in result.output and "Error:" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, llm_weight, loads_llm",
+    [
+        ([], 0.0, False),  # fusion gives the beams no weight: the LLM is not worth its seconds
+        (["--llm"], 0.0, True),
+        ([], 1.0, True),
+        (["--no-fusion"], 0.0, True),  # the paper's rule needs the beams
+        (["--no-llm"], 1.0, False),
+    ],
+)
+def test_recommend_runs_the_llm_only_when_it_can_change_the_ranking(
+    fusion_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example, args, llm_weight, loads_llm
+):
+    from gloss.edge.errors import InputError
+    from gloss.edge.fusion import FusionConfig
+    from gloss.edge.generate import LlamaCppGenerator
+
+    bundle = with_fake_generator(fusion_bundle, tmp_path / "llm-fusion")
+    monkeypatch.setattr(FusionConfig, "uses_llm", property(lambda self: llm_weight > 0))
+
+    def fake_load(*_args, **_kwargs):
+        raise InputError("fake loader reached")
+
+    monkeypatch.setattr(LlamaCppGenerator, "load", fake_load)
+    result = invoke("recommend", bundle, "--item", example.history[-1], *args)
+    if loads_llm:
+        assert result.exit_code == 2 and "fake loader reached" in error_line(result)
+    else:
+        assert result.exit_code == 0, result.output
+        assert "query:" not in result.output
+
+
+def test_recommend_without_a_generator_falls_back_to_last_item_search(bundle_dir: Path, example):
+    auto = invoke("recommend", bundle_dir, "--item", example.history[-1], "--json")
+    last_item = invoke("recommend", bundle_dir, "--last-item", "--item", example.history[-1], "--json")
+    assert auto.exit_code == 0 and json.loads(auto.stdout) == json.loads(last_item.stdout)
+
+
+def test_recommend_refuses_last_item_with_llm(bundle_dir: Path, example):
+    result = invoke("recommend", bundle_dir, "--last-item", "--llm", "--item", example.history[-1])
+    assert result.exit_code == 2 and "not with --llm" in error_line(result)
+
+
+@pytest.mark.parametrize("query_weight, beam_weight, expected", [(0, 0, False), (0.5, 0, True), (0, 0.1, True)])
+def test_fusion_config_uses_llm_when_a_beam_signal_has_weight(query_weight, beam_weight, expected):
+    from gloss.edge.fusion import FusionConfig
+
+    assert FusionConfig(query_weight=query_weight, beam_weight=beam_weight).uses_llm is expected
