@@ -107,6 +107,14 @@ def eval_command(
 
 # --- recommend ---
 
+# Options that recommend and serve share.
+LlmOption = Annotated[bool | None, typer.Option("--llm/--no-llm", help="Run the bundle's LLM (default: yes, "
+                                                "unless fusion ranks and its weights give the LLM no say).")]
+FusionOption = Annotated[bool | None, typer.Option("--fusion/--no-fusion", help="Fusion re-ranking (default: on "
+                                                   "when the bundle has co-purchase statistics).")]
+ConstrainedOption = Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to "
+                                                 "catalogue titles (the bundle's trie), or free beams.")]
+
 
 def read_history(path: Path | None, items: list[str] | None) -> list[str]:
     """History items from ``--item`` options or a file ('-' = stdin): a JSON list, or one item per line.
@@ -174,12 +182,9 @@ def recommend(
                                                "history (default: removed).")] = False,
     last_item: Annotated[bool, typer.Option("--last-item", help="Skip the LLM: search with the last "
                                             "item's title (same as --no-llm).")] = False,
-    llm: Annotated[bool | None, typer.Option("--llm/--no-llm", help="Run the bundle's LLM (default: yes, unless "
-                                             "fusion ranks and its weights give the LLM no say).")] = None,
-    fusion: Annotated[bool | None, typer.Option("--fusion/--no-fusion", help="Fusion re-ranking (default: on "
-                                                "when the bundle has co-purchase statistics).")] = None,
-    constrained: Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to catalogue "
-                                              "titles (the bundle's trie), or free beams.")] = False,
+    llm: LlmOption = None,
+    fusion: FusionOption = None,
+    constrained: ConstrainedOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Say why: each item's score split into named parts "
                                           "(and the generated titles / history items behind them).")] = False,
@@ -228,12 +233,9 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 = any free port).")] = 8080,
     last_item: Annotated[bool, typer.Option("--last-item", help="Serve without the LLM (last-item search, or "
                                             "fusion when the bundle has it; same as --no-llm).")] = False,
-    llm: Annotated[bool | None, typer.Option("--llm/--no-llm", help="Run the bundle's LLM (default: yes, unless "
-                                             "fusion ranks and its weights give the LLM no say).")] = None,
-    fusion: Annotated[bool | None, typer.Option("--fusion/--no-fusion", help="Fusion re-ranking (default: on "
-                                                "when the bundle has co-purchase statistics).")] = None,
-    constrained: Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to catalogue "
-                                              "titles (the bundle's trie), or free beams.")] = False,
+    llm: LlmOption = None,
+    fusion: FusionOption = None,
+    constrained: ConstrainedOption = False,
     queue_size: Annotated[int, typer.Option(min=1, help="Requests that may wait for the worker; more get 503 "
                                             "with Retry-After.")] = ServeConfig.queue_size,
     max_batch: Annotated[int | None, typer.Option(min=1, help="Queued requests the worker runs together "
