@@ -52,7 +52,7 @@ def _gloss_edge() -> list[str]:
 def recommend_peak_rss(bundle_dir: Path, history: Sequence[str], last_item: bool = False) -> dict[str, Any]:
     """Peak RSS (MB) and wall time of one `gloss-edge recommend` process (os.wait4 gives the child's rusage)."""
     cmd = [*_gloss_edge(), "recommend", str(bundle_dir), "-k", "10", "--json"]
-    cmd += [arg for item in history for arg in ("-i", item)] + (["--last-item"] if last_item else [])
+    cmd += [arg for item in history for arg in ("-i", item)] + (["--last-item"] if last_item else ["--llm"])
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
@@ -123,7 +123,7 @@ def serve_peak_rss(bundle_dir: Path, histories: Sequence[Sequence[str]], last_it
     """Start `gloss-edge serve`, send the histories (CONCURRENT at a time), read the process's peak RSS."""
     port = _free_port()
     cmd = [*_gloss_edge(), "serve", str(bundle_dir), "--port", str(port), "--request-timeout", str(REQUEST_SECONDS)]
-    cmd += ["--last-item"] if last_item else []
+    cmd += ["--last-item"] if last_item else ["--llm"]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         try:

@@ -45,7 +45,7 @@ from gloss.edge.splits import Split, load_sequences, make_examples
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATA = Path("/work/shared/data/amazon2014/beauty")
-MODES = {"llm": [], "no-llm": ["--last-item"], "no-llm-batch1": ["--last-item", "--max-batch", "1"]}
+MODES = {"llm": ["--llm"], "no-llm": ["--last-item"], "no-llm-batch1": ["--last-item", "--max-batch", "1"]}
 MAX_CLIENTS, MAX_DURATION_S = 200, 600
 RSS_PERIOD_S = 0.1
 ANSWER_MARGIN_S = 30.0  # past the server's request timeout, a missing answer counts as an error
