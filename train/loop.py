@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError, require
-from gloss.edge.files import sha256_file, write_json_atomic
+from gloss.edge.files import follow_umask, sha256_file, write_json_atomic
 from gloss.edge.splits import Split
 from gloss.train.config import TrainConfig
 from gloss.train.data import MANIFEST_NAME, gloss_version, read_manifest
@@ -299,6 +299,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
 def _save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:
     """Save the adapter and tokenizer into a temp folder beside ``adapter_dir``, then swap it in."""
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=adapter_dir.parent))
+    follow_umask(tmp, directory=True)  # mkdtemp makes it 0700; the adapter is read by other users' services
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

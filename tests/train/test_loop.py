@@ -130,3 +130,23 @@ def test_resume_without_checkpoint_is_an_input_error(make_config):
 
     with pytest.raises(InputError, match="--resume: no checkpoint"):
         train(make_config(resume=True))
+
+
+def test_saved_adapter_folder_follows_the_umask(tmp_path):
+    """The adapter folder is made with mkdtemp (0700); like the bundle, it follows the user's umask."""
+    import os
+    from pathlib import Path
+
+    from gloss.train.loop import _save_adapter
+
+    class Saver:
+        def save_pretrained(self, folder):
+            (Path(folder) / f"{type(self).__name__}.json").write_text("{}")
+
+    old = os.umask(0o022)
+    try:
+        _save_adapter(Saver(), Saver(), tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "adapter" / "Saver.json").is_file()
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
