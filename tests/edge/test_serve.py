@@ -11,10 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from gloss.edge.catalog import Catalog, load_catalog
+from gloss.edge.catalog import Catalog
 from gloss.edge.errors import InputError
 from gloss.edge.generate import GeneratedQuery
-from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.server_metrics import ServerMetrics
 from gloss.edge.server_queue import (
@@ -40,16 +39,6 @@ class EchoGenerator:
         self.histories.append(list(history))
         return [GeneratedQuery(title=t, score=-float(i), text=f"Title: {t}")
                 for i, t in enumerate(reversed(history[-3:]))]
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog(FIXTURES / "beauty_items.jsonl")
-
-
-@pytest.fixture(scope="module")
-def item_vectors(catalog: Catalog) -> np.ndarray:
-    return HashEmbedder().embed([render_item(t) for t in catalog.titles])
 
 
 @pytest.fixture

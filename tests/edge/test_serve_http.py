@@ -56,16 +56,6 @@ def hold(generator: GatedGenerator) -> None:
     generator.entered.clear()
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog(FIXTURES / "beauty_items.jsonl")
-
-
-@pytest.fixture(scope="module")
-def item_vectors(catalog: Catalog) -> np.ndarray:
-    return HashEmbedder().embed([render_item(t) for t in catalog.titles])
-
-
 @pytest.fixture
 def recommender(catalog: Catalog, item_vectors: np.ndarray) -> Recommender:
     return Recommender(catalog, HashEmbedder(), BruteForceIndex(item_vectors), GatedGenerator())
