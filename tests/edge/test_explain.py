@@ -18,9 +18,9 @@ from gloss.edge.fusion import FEATURES, FusionConfig
 from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.splits import Split, load_sequences, make_examples
-from gloss.export.bundle import add_fusion, build_bundle
+from gloss.export.bundle import add_fusion
 from tests.conftest import FIXTURES
-from tests.edge.test_embed import write_tiny_embedder
+from tests.edge.conftest import build_tiny_bundle
 from tests.fakes import ScriptedGenerator
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
@@ -31,8 +31,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("explain")
-    embedder = write_tiny_embedder(root / "embedder", texts=[render_item(t) for t in load_catalog(CATALOG_PATH).titles])
-    plain = build_bundle(CATALOG_PATH, root / "plain", embedder_dir=embedder, name="beauty")
+    plain = build_tiny_bundle(root, "plain")
     shutil.copytree(plain, root / "fusion")
     add_fusion(root / "fusion", SEQUENCES_PATH, holdout=1, config=FusionConfig(query_weight=1.0))  # a query part
     return root

@@ -11,15 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from gloss.edge.bundle import load_bundle
-from gloss.edge.catalog import load_catalog
 from gloss.edge.cli import app
 from gloss.edge.fusion import CoPurchase
 from gloss.edge.index import read_index_header
 from gloss.edge.inspect import inspect_bundle
-from gloss.edge.prompt import render_item
-from gloss.export.bundle import add_fusion, build_bundle
+from gloss.export.bundle import add_fusion
 from tests.conftest import FIXTURES
-from tests.edge.test_embed import write_tiny_embedder
+from tests.edge.conftest import build_tiny_bundle
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
 SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
@@ -28,10 +26,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("inspect")
-    embedder = write_tiny_embedder(root / "embedder", texts=[render_item(t) for t in load_catalog(CATALOG_PATH).titles])
-    out = build_bundle(CATALOG_PATH, root / "bundle", embedder_dir=embedder, name="beauty")
-    return add_fusion(out, SEQUENCES_PATH, holdout=1)
+    return add_fusion(build_tiny_bundle(tmp_path_factory.mktemp("inspect")), SEQUENCES_PATH, holdout=1)
 
 
 @pytest.fixture
