@@ -134,6 +134,9 @@ class OnnxEmbedder:
         tokenizer.no_padding()  # batches are padded here, after sorting by length
         tokenizer.enable_truncation(max_length=config.max_length)
         options = ort.SessionOptions()
+        # No memory arena: it keeps the largest batch's buffers for the life of the process (a 64-title batch left
+        # the int8 embedder at 525 MB against 265 without it), and 5-title batches are as fast without it.
+        options.enable_cpu_mem_arena = False
         if num_threads is not None:
             if num_threads < 1:
                 raise InputError(f"num_threads must be >= 1, got {num_threads}")

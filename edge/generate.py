@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: each user in flight owns 2 * num_beams sequences
 NEG_INF = -math.inf
 TITLE_MARGIN_TOKENS = 4  # slack over the catalogue's longest title: in-context tokenisation may differ by a few
+KV_TYPES = ("f32", "f16")
+UBATCH_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,17 @@ class GenerationConfig:
         early_stopping: Stop once ``num_beams`` titles are finished (transformers' ``early_stopping=True``);
             False goes on while a running beam could still beat the finished ones.
         prefix_cache_mb: Host memory for the KV cells of earlier prompts, reused for the longest shared
-            token prefix (least recently used dropped first); 0 turns prompt reuse off.
-        max_batch_users: Users whose searches share one ``llama_decode`` per step in :meth:`generate_batch`.
+            token prefix (least recently used dropped first); 0 turns prompt reuse off. A Beauty prompt's cells
+            take ~5 MB in an f16 cache, so 32 MB keeps about 6 prompts (any one of them gives the shared header).
+        max_batch_users: Users whose searches share one ``llama_decode`` per step in :meth:`generate_batch`
+            (each adds ``2 * num_beams`` sequences and their logits buffer; :func:`batched_config` sets it with
+            the KV cells it needs).
         kv_tokens: KV cells of the context; None = room for one user's longest prompt and beams. More cells
             let :meth:`generate_batch` run more users at once.
+        kv_type: Precision of the KV cache. ``f32`` (default): log-probs match transformers to ~1e-5 on the same
+            weights. ``f16`` halves the cache and the prefix cache's saved prompts, but with the Q8_0 generator
+            it moved teacher-forced log-probs by 0.06 nats per token on average (as much as Q8_0 itself moves
+            them from F16; benchmarks/results/footprint.md), so it is an option, not the default.
     """
 
     num_beams: int = 5
@@ -70,11 +79,14 @@ class GenerationConfig:
     length_penalty: float = 1.0
     num_threads: int | None = None
     early_stopping: bool = True
-    prefix_cache_mb: int = 64
-    max_batch_users: int = 8
+    prefix_cache_mb: int = 16
+    max_batch_users: int = 1
     kv_tokens: int | None = None
+    kv_type: str = "f32"
 
     def __post_init__(self) -> None:
+        if self.kv_type not in KV_TYPES:
+            raise InputError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
         max_beams = (MAX_SEQUENCES - 1) // 2
         if not 1 <= self.num_beams <= max_beams:
             raise InputError(f"--num-beams must be in [1, {max_beams}], got {self.num_beams}")
@@ -261,12 +273,13 @@ class LlamaCppGenerator:
         ctx = _internals.LlamaContext(model=model, params=cls._context_params(lib, config), verbose=verbose)
         resolved_bos = model.add_bos_token() if add_bos is None else add_bos
         logger.info(
-            "loaded %s (%s, vocab %d), add_bos=%s, context %d tokens for %d beams",
+            "loaded %s (%s, vocab %d), add_bos=%s, context %d tokens (%s KV) for %d beams",
             gguf_path.name,
             arch,
             model.n_vocab(),
             resolved_bos,
             ctx.n_ctx(),
+            config.kv_type,
             config.num_beams,
         )
         if config.n_ctx > model.n_ctx_train():
@@ -279,12 +292,14 @@ class LlamaCppGenerator:
         params = lib.llama_context_default_params()
         params.n_ctx = config.kv_tokens or config.user_kv_tokens
         params.n_batch = config.n_ctx  # the whole prompt goes in one llama_decode call
-        params.n_ubatch = min(512, config.n_ctx)
+        # 256-token micro-batches: half the compute buffer of 512 (49 against 98 MiB at the default n_ctx) and no
+        # slower on 2 cores (a 210-token Beauty prompt 263 against 271 ms; the longest, 971 tokens, 1.20 / 1.48 s).
+        params.n_ubatch = min(UBATCH_TOKENS, config.n_ctx)
         params.n_seq_max = 2 * config.num_beams * config.max_batch_users
         params.kv_unified = True
-        # Beams are ranked by small score differences: an f16 KV cache or flash attention moved SmolLM2's
-        # log-probs by ~2e-3, an f32 cache without it matches transformers to ~1e-5 (same weights).
-        params.type_k = params.type_v = lib.GGML_TYPE_F32
+        # Beams are ranked by small score differences: an f32 cache without flash attention matches transformers
+        # to ~1e-5 on the same weights; an f16 cache is an option (see kv_type).
+        params.type_k = params.type_v = lib.GGML_TYPE_F32 if config.kv_type == "f32" else lib.GGML_TYPE_F16
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         threads = config.num_threads or max(1, (os.cpu_count() or 2) // 2)
         params.n_threads = params.n_threads_batch = threads
@@ -482,6 +497,23 @@ class LlamaCppGenerator:
         self.settings = replace(self.settings, max_new_tokens=cap)
         logger.info("searches stop at %d new tokens (catalogue titles reach %d tokens)", cap, longest)
         return cap
+
+    def completion_log_probs(self, prompt_tokens: Sequence[int], completion: Sequence[int]) -> np.ndarray:
+        """Teacher-forced ``(len(completion), vocab)`` next-token log-probabilities of a completion after a
+        prompt (row i predicts ``completion[i]``), from one decode of prompt + completion.
+
+        Raises:
+            InputError: If the prompt or completion is empty, or both do not fit ``n_ctx``.
+        """
+        self._check_prompt(prompt_tokens)
+        tokens = [*prompt_tokens, *completion]
+        if not completion or len(tokens) > self.config.n_ctx:
+            room = self.config.n_ctx - len(prompt_tokens)
+            raise InputError(f"need 1 to {room} completion tokens after this prompt, got {len(completion)}")
+        self._lib.llama_memory_clear(self._memory, True)
+        first, n = len(prompt_tokens) - 1, len(tokens)
+        logits = self._decode(tokens, range(n), [0] * n, [first <= i < n - 1 for i in range(n)])
+        return log_softmax(logits)
 
     def generate_greedy(self, history: Sequence[str]) -> GeneratedQuery:
         """One greedy decode of the same prompt (a speed baseline); score is its mean log-probability."""

@@ -91,6 +91,7 @@ def test_beam_step_stops_when_running_beams_cannot_beat_finished_ones():
         ({"n_ctx": 50}, "--n-ctx"),
         ({"length_penalty": float("nan")}, "--length-penalty"),
         ({"num_threads": 0}, "--num-threads"),
+        ({"kv_type": "q8_0"}, "--kv-type"),
     ],
 )
 def test_generation_config_rejects_bad_values(kwargs, flag):
@@ -129,7 +130,7 @@ def test_gguf_header_reader_agrees_with_llama_cpp(smollm2_gguf_path: Path, gener
 @pytest.fixture(scope="module")
 def generator(smollm2_gguf_path: Path) -> LlamaCppGenerator:
     pytest.importorskip("llama_cpp")
-    config = GenerationConfig(num_beams=3, num_return_sequences=3, max_new_tokens=4, n_ctx=512)
+    config = GenerationConfig(num_beams=3, num_return_sequences=3, max_new_tokens=4, n_ctx=512, max_batch_users=3)
     gen = LlamaCppGenerator.load(smollm2_gguf_path, config, add_bos=True)
     yield gen
     gen.close()
@@ -172,6 +173,24 @@ def test_one_beam_equals_greedy_decoding(smollm2_gguf_path: Path):
         (beam,) = gen.generate(HISTORY)
     assert beam.text == greedy.text
     assert beam.score == pytest.approx(greedy.score, abs=1e-4)
+
+
+def test_completion_log_probs_equal_step_by_step_decoding(smollm2_gguf_path: Path):
+    """One teacher-forced decode of prompt + completion gives the log-probs of feeding the completion token by
+    token (the reference: incremental decoding with the KV cache, as greedy search runs)."""
+    config = GenerationConfig(num_beams=1, num_return_sequences=1, max_new_tokens=6, n_ctx=512, prefix_cache_mb=0)
+    with LlamaCppGenerator.load(smollm2_gguf_path, config) as gen:
+        prompt = gen.prompt_tokens(HISTORY)
+        completion = gen.tokenize(" Title: Xtreme Brite Brightening Gel")[:6]
+        forced = gen.completion_log_probs(prompt, completion)
+        rows = [log_softmax(gen._start(prompt))[0]]
+        for i, token in enumerate(completion[:-1]):
+            rows.append(log_softmax(gen._decode([token], [len(prompt) + i], [0], 1))[0])
+        with pytest.raises(InputError, match="completion tokens"):
+            gen.completion_log_probs(prompt, [])
+    assert forced.shape == (len(completion), gen.n_vocab)
+    np.testing.assert_allclose(forced, np.stack(rows), atol=1e-4)
+    assert (forced.argmax(axis=1) == np.stack(rows).argmax(axis=1)).all()
 
 
 def test_stop_tokens_are_eos_and_every_newline_token(generator: LlamaCppGenerator):

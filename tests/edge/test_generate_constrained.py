@@ -146,3 +146,30 @@ def test_train_side_constrained_queries_are_catalogue_titles(tiny_llama_dir: Pat
     (queries,) = beam_queries(loaded, histories(titles)[:1], num_beams=3, trie=trie)
     assert 1 <= len(queries) <= 3
     assert all(query.removeprefix("Title: ") in titles for query in queries)
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+@pytest.mark.parametrize("max_new_tokens", [3, 7])
+def test_free_beams_cut_by_the_length_cap_equal_transformers(
+    runtimes, tiny_f32_gguf: Path, titles, early_stopping, max_new_tokens
+):
+    """A random tiny model never ends a title, so every hypothesis finishes at the length cap: the branch that
+    real models reach only when a beam runs away (both stopping rules)."""
+    _, model = runtimes
+    config = replace(CONFIG, max_new_tokens=max_new_tokens, early_stopping=early_stopping)
+    with LlamaCppGenerator.load(tiny_f32_gguf, config, add_bos=True) as gen:
+        for history in histories(titles):
+            prompt = gen.prompt_tokens(history)
+            ours = gen.beam_search(prompt)
+            with torch.no_grad():
+                out = model.generate(
+                    torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                    num_beams=5, num_return_sequences=5, max_new_tokens=max_new_tokens, do_sample=False,
+                    early_stopping=early_stopping, eos_token_id=sorted(gen.stop_token_ids),
+                    pad_token_id=model.generation_config.pad_token_id or 0, output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            theirs = [(seq[len(prompt) :].tolist(), float(score)) for seq, score in
+                      zip(out.sequences, out.sequences_scores, strict=True)]
+            assert [t for t, _ in ours] == [t for t, _ in theirs]
+            np.testing.assert_allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-4)
