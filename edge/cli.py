@@ -245,12 +245,12 @@ def serve(
 ) -> None:
     """Serve POST /recommend {"history": [...], "k": 10}, GET /health and GET /metrics over HTTP."""
     from gloss.edge.recommend import Recommender
-    from gloss.edge.serve import make_server
+    from gloss.edge.serve import llm_generation, make_server
 
     with user_errors():
         config = ServeConfig(queue_size=queue_size, max_batch=max_batch, request_timeout_s=request_timeout)
         recommender = Recommender.load(bundle_dir, use_generator=use_llm(llm, last_item), use_fusion=fusion,
-                                       constrained=constrained)
+                                       constrained=constrained, generation=llm_generation(max_batch))
         server = make_server(recommender, host, port, config)
         typer.echo(f"serving {bundle_dir} on {server.url} (POST /recommend, GET /health, GET /metrics)", err=True)
         try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gloss.edge.errors import GlossError, InputError, require
+from gloss.edge.generate import MAX_SEQUENCES, GenerationConfig, batched_config
 from gloss.edge.recommend import Recommender
 from gloss.edge.server_metrics import CONTENT_TYPE, ServerMetrics
 from gloss.edge.server_queue import QueueClosedError, QueueFullError, RequestQueue, Worker
@@ -40,7 +41,7 @@ from gloss.edge.server_request import (
     run_batch,
 )
 
-__all__ = ["ServeConfig", "RecommendService", "Server", "handle_request", "make_app", "make_server"]
+__all__ = ["ServeConfig", "RecommendService", "Server", "handle_request", "llm_generation", "make_app", "make_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ NO_LLM_BATCH = 8
 # timeout: LLM service times vary (prompt length, searches that run to the token cap), and a queue filled up
 # to the full timeout turns that variance into 504s. Throughput is the same while the queue never drains.
 ADMISSION_SHARE = 0.5
+
+
+def llm_generation(max_batch: int | None) -> GenerationConfig | None:
+    """Generation settings for a worker that runs ``max_batch`` requests at once: a KV context with room for that
+    many beam searches (at most what llama.cpp's sequence limit allows; the rest of a batch waits inside
+    ``generate_batch`` for a free slot). None (the defaults) for one request at a time."""
+    if not max_batch or max_batch == 1:
+        return None
+    return batched_config(min(max_batch, MAX_SEQUENCES // (2 * GenerationConfig().num_beams)))
 
 
 @dataclass(frozen=True)

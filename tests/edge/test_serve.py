@@ -7,6 +7,7 @@ import math
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -352,6 +353,23 @@ def test_the_worker_batches_by_default_only_without_an_llm(catalog, make_recomme
     assert RecommendService(make_recommender(catalog), ServeConfig()).queue.max_batch == NO_LLM_BATCH
     assert RecommendService(make_recommender(catalog, EchoGenerator()), ServeConfig()).queue.max_batch == 1
     assert RecommendService(make_recommender(catalog, EchoGenerator()), ServeConfig(max_batch=4)).queue.max_batch == 4
+
+
+def test_llm_generation_sizes_the_kv_context_for_the_worker_batch(smollm2_gguf_path):
+    """--max-batch N with the LLM must give generate_batch room for N searches at once (else it runs them one
+    after another); beyond llama.cpp's sequence limit the extra requests wait for a slot."""
+    from gloss.edge.generate import MAX_SEQUENCES, GenerationConfig, LlamaCppGenerator
+    from gloss.edge.serve import llm_generation
+
+    assert llm_generation(None) is None and llm_generation(1) is None
+    assert llm_generation(500).max_batch_users == MAX_SEQUENCES // (2 * GenerationConfig().num_beams)
+    config = llm_generation(3)
+    assert config.max_batch_users == 3
+    histories = [["CeraVe Moisturizing Cream 16 oz"], ["Neutrogena Oil-Free Acne Wash, 6 Ounce"],
+                 ["Maybelline New York Great Lash Washable Mascara, Blackest Black"]]
+    with LlamaCppGenerator.load(smollm2_gguf_path, replace(config, max_new_tokens=4)) as gen:
+        gen.generate_batch(histories)
+        assert 3 * gen.config.num_beams in gen.stats.batch_sizes  # every user's beams in one decode
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
