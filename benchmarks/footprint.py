@@ -5,9 +5,10 @@ One run measures, and writes benchmarks/results/footprint.{json,md}:
      (usearch dtype, exact search): Recall@5 / NDCG@5 on the paper's validation users for last-item search,
      fusion on the history alone, the GLoSS authors' Llama-3.2-1B validation queries (paper rule) and those
      queries with fusion (co-purchase statistics with holdout 2, so no validation target leaks in);
-  2. generator: the fine-tuned SmolLM2-135M as F16 / Q8_0 / Q6_K / Q5_K_M GGUF: size, teacher-forced top-1
-     next-token agreement with F16 on validation prompts, and Recall@5 of its 5-beam queries on a fixed
-     sample of validation users (paper rule and fusion);
+  2. generator: the fine-tuned SmolLM2-135M as F16 / Q8_0 / Q6_K / Q5_K_M / Q4_0 / IQ4_NL GGUF, with an f16 or
+     f32 KV cache: size, teacher-forced top-1 next-token agreement with F16 (f32 KV) on validation prompts and
+     the negative log-likelihood of the true next title, and Recall@5 of its 5-beam queries on a fixed sample
+     of validation users (paper rule and fusion);
   3. footprint: the default bundle of `gloss-export bundle` against the previous default (Q8_0, fp32, f32):
      size on disk, peak RSS of one `gloss-edge recommend` and of the server while serving
      (benchmarks/footprint_rss.py).
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from gloss.edge.bundle import ITEM_TEXT
 from gloss.edge.catalog import Catalog, load_catalog
@@ -54,8 +56,9 @@ logger = logging.getLogger("benchmarks.footprint")
 K = 5
 MB = 2**20  # MiB: the unit of the issue's "247 MB" bundle (138 + 86 + 21 MiB of parts)
 BOOTSTRAP = 2000
-METHODS = ("Q8_0", "Q6_K", "Q5_K_M")
-BEAM_REFERENCE = "Q8_0"  # the previous default
+METHODS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_0", "IQ4_NL")
+BEAM_REFERENCE = "Q8_0"  # the default
+REFERENCE = "F16, f32 KV"  # teacher-forced reference: the exported weights before quantization, exact KV cache
 ADAPTER = "smollm2-135m-beauty"
 
 
@@ -227,39 +230,33 @@ def build_ggufs(work: Path, methods: Sequence[str]) -> dict[str, Path]:
     return paths
 
 
-def teacher_forced_argmax(gguf: Path, texts: Sequence[tuple[str, str]], n_ctx: int, cache_dir: Path,
-                          shard: tuple[int, int] = (0, 1)) -> list[np.ndarray | None]:
-    """Per (history JSON, target title): the model's argmax at every completion position, teacher-forced.
-
-    Each prompt's result is cached as ``cache_dir/<i>.npy`` (so parallel shards ``(i, n)``, which take every
-    n-th prompt, and reruns share the work); prompts outside the shard and not cached come back as None.
-    """
-    from llama_cpp import Llama
-
-    from gloss.edge.prompt import build_prompt, fit_history
+def teacher_forced(
+    gguf: Path, texts: Sequence[tuple[str, str]], cache_dir: Path, kv_type: str = "f32"
+) -> list[np.ndarray]:
+    """Per (history JSON, target title): ``(2, positions)`` rows of the model's argmax and the log-probability
+    of the true token at every position of the target title, teacher-forced through the edge's own llama.cpp
+    runtime (``kv_type`` as in GenerationConfig; histories cut to fit as ``recommend`` cuts them). Cached as
+    ``cache_dir/<i>.npy``, so reruns only add what is missing."""
+    from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
+    from gloss.edge.prompt import build_prompt
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(len(texts)) if i % shard[1] == shard[0] and not (cache_dir / f"{i}.npy").is_file()]
+    todo = [i for i in range(len(texts)) if not (cache_dir / f"{i}.npy").is_file()]
     if todo:
-        llm = Llama(str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=1)
-        add_bos = llm._model.add_bos_token()
-
-        def tokenize(text: str) -> list[int]:
-            return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
-
-        for i in todo:
-            history_json, target = texts[i]
-            history = fit_history(json.loads(history_json), lambda t: len(tokenize(t)), n_ctx - 64)
-            prompt = tokenize(build_prompt(history))
-            full = tokenize(build_prompt(history, target))
-            llm.reset()
-            llm.eval(full)
-            argmax = np.asarray(llm.scores[len(prompt) - 1 : len(full) - 1]).argmax(axis=1)
-            np.save(cache_dir / f".{i}.tmp.npy", argmax)
-            (cache_dir / f".{i}.tmp.npy").rename(cache_dir / f"{i}.npy")
-            logger.info("%s: teacher-forced prompt %d of %d", gguf.name, i + 1, len(texts))
-        llm.close()
-    return [np.load(cache_dir / f"{i}.npy") if (cache_dir / f"{i}.npy").is_file() else None for i in range(len(texts))]
+        with LlamaCppGenerator.load(gguf, GenerationConfig(kv_type=kv_type)) as gen:
+            for i in tqdm(todo, desc=f"teacher-forced {gguf.name}", disable=None):
+                history_json, target = texts[i]
+                prompt = gen.prompt_tokens(json.loads(history_json))
+                kept = json.loads(history_json)[-gen.last_items_kept :]
+                full = gen.tokenize(build_prompt(kept, target))
+                if full[: len(prompt)] != prompt:
+                    raise ValueError(f"prompt {i} is not a token prefix of prompt + target title")
+                truth = np.asarray(full[len(prompt) :])
+                log_probs = gen.completion_log_probs(prompt, truth.tolist())
+                rows = np.stack([log_probs.argmax(axis=1), log_probs[np.arange(truth.size), truth]])
+                np.save(cache_dir / f".{i}.tmp.npy", rows)
+                (cache_dir / f".{i}.tmp.npy").rename(cache_dir / f"{i}.npy")
+    return [np.load(cache_dir / f"{i}.npy") for i in range(len(texts))]
 
 
 def generate_round_robin(paths: dict[str, Path], examples: Sequence[Example], catalog: Catalog,
@@ -293,13 +290,18 @@ def query_overlap(ref: list[EvalCase], var: list[EvalCase]) -> dict[str, float]:
     return {"same_best_query": float(np.mean(same)), "queries_in_common": float(np.mean(common))}
 
 
-def generator_part(data_dir: Path, work: Path, num_prompts: int, num_users: int, n_ctx: int) -> dict[str, Any]:
-    """Part 2: size, top-1 agreement with F16 and validation Recall@5 of each GGUF quantization."""
+def generator_part(data_dir: Path, work: Path, num_prompts: int, num_users: int) -> dict[str, Any]:
+    """Part 2: size, top-1 agreement and true-title NLL against F16, validation Recall@5 of each GGUF type."""
     catalog = load_catalog(data_dir / "items.jsonl.gz")
     examples = validation_examples(data_dir)
     paths = build_ggufs(work, METHODS)  # F16 first: the reference
     texts = [(json.dumps(catalog.titles_of(ex.history)), catalog.title(ex.target)) for ex in examples[:num_prompts]]
-    argmax = {name: teacher_forced_argmax(path, texts, n_ctx, work / "argmax" / name) for name, path in paths.items()}
+    # Teacher-forced variants: (GGUF, KV cache type); the reference is F16 weights with an f32 KV cache.
+    variants = {REFERENCE: ("F16", "f32"), "F16, f16 KV": ("F16", "f16"), "Q8_0, f16 KV": ("Q8_0", "f16"),
+                **{name: (name, "f32") for name in METHODS}}  # fmt: skip
+    forced = {name: teacher_forced(paths[gguf], texts, work / "teacher" / name.replace(", ", "-").replace(" ", "-"),
+                                   kv_type)
+              for name, (gguf, kv_type) in variants.items()}  # fmt: skip
     sample = examples[:num_users]
     # Beams only for the quantized files (F16 decodes slowest on CPU); their reference is Q8_0, the previous default.
     cases = generate_round_robin({name: paths[name] for name in METHODS}, sample, catalog, work)
@@ -310,18 +312,21 @@ def generator_part(data_dir: Path, work: Path, num_prompts: int, num_users: int,
     ranks = {(name, rule): rank_all(cases[name], catalog, embedder, index, paper, fusion if rule == "fusion" else None)
              for name in METHODS for rule in ("paper rule", "fusion")}  # fmt: skip
     rows = []
-    for name, path in paths.items():
-        same = np.concatenate([a == b for a, b in zip(argmax["F16"], argmax[name], strict=True)])
-        row = {"gguf": name, "bytes": path.stat().st_size, "top1_agreement": float(same.mean()),
-               "positions": int(same.size)}  # fmt: skip
+    ref_nll = np.array([-f[1].mean() for f in forced[REFERENCE]])
+    for name, (gguf, kv_type) in variants.items():
+        same = np.concatenate([a[0] == b[0] for a, b in zip(forced[REFERENCE], forced[name], strict=True)])
+        nll = np.array([-f[1].mean() for f in forced[name]])  # per prompt: mean NLL of the true title's tokens
+        row = {"gguf": name, "bytes": paths[gguf].stat().st_size, "kv_type": kv_type,
+               "top1_agreement": float(same.mean()), "positions": int(same.size), "target_nll": float(nll.mean()),
+               "target_nll_vs_f16": paired(ref_nll, nll)}  # fmt: skip
         if name in cases:
             row.update(query_overlap(cases[BEAM_REFERENCE], cases[name]))
             for rule in ("paper rule", "fusion"):
                 row[rule] = compare(ranks[(BEAM_REFERENCE, rule)], ranks[(name, rule)])
         rows.append(row)
         logger.info("%s", row)
-    return {"rows": rows, "num_prompts": len(texts), "num_users": len(sample), "n_ctx": n_ctx,
-            "agreement_reference": "F16", "beam_reference": BEAM_REFERENCE}  # fmt: skip
+    return {"rows": rows, "num_prompts": len(texts), "num_users": len(sample),
+            "agreement_reference": REFERENCE, "beam_reference": BEAM_REFERENCE}  # fmt: skip
 
 
 # --- report ----------------------------------------------------------------------------------------------
@@ -352,13 +357,16 @@ def _retrieval_md(part: dict[str, Any]) -> list[str]:
 
 def _generator_md(part: dict[str, Any]) -> list[str]:
     ref = part["beam_reference"]
-    lines = [f"## Generator GGUF ({part['num_prompts']} validation prompts teacher-forced against F16; 5-beam "
+    lines = [f"## Generator GGUF ({part['num_prompts']} validation prompts teacher-forced against {REFERENCE}; 5-beam "
              f"queries of the first {part['num_users']} validation users against {ref})", "",
-             f"| GGUF | MB | top-1 agreement with F16 | same best query as {ref} | queries in common with {ref} | "
+             f"| GGUF | MB | top-1 agreement with {REFERENCE} | true-title NLL/token (d vs {REFERENCE} [95% CI]) | "
+             f"same best query as {ref} | queries in common with {ref} | "
              f"Recall@5 paper rule (d vs {ref} [95% CI]) | Recall@5 fusion (d vs {ref} [95% CI]) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for row in part["rows"]:
-        line = f"| {row['gguf']} | {row['bytes'] / MB:.1f} | {row['top1_agreement']:.3f} ({row['positions']} tokens) | "
+        line = (f"| {row['gguf']} | {row['bytes'] / MB:.1f} | {row['top1_agreement']:.3f} "
+                f"({row['positions']} tokens) | "
+                f"{row['target_nll']:.3f} ({_delta(row['target_nll_vs_f16'])}) | ")
         if "paper rule" not in row:
             lines.append(line + "- | - | - | - |")
             continue
@@ -428,7 +436,6 @@ def main() -> None:
     parser.add_argument("--parts", default="retrieval,generator,footprint")
     parser.add_argument("--num-prompts", type=int, default=30)
     parser.add_argument("--num-users", type=int, default=100)
-    parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--serve-requests", type=int, default=8)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--retrieval-from", type=Path, help="Take the retrieval part from an earlier result of "
@@ -452,7 +459,7 @@ def main() -> None:
     elif "retrieval" in parts:
         result["retrieval"] = retrieval_part(data_dir, queries, args.work_dir)
     if "generator" in parts:
-        result["generator"] = generator_part(data_dir, args.work_dir, args.num_prompts, args.num_users, args.n_ctx)
+        result["generator"] = generator_part(data_dir, args.work_dir, args.num_prompts, args.num_users)
     if "footprint" in parts:
         from footprint_rss import footprint_part  # benchmarks/footprint_rss.py
 

@@ -9,6 +9,7 @@ after each load step of a Recommender (``--probe ITEM...`` alone prints only tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -50,19 +51,26 @@ def _gloss_edge() -> list[str]:
 
 
 def recommend_peak_rss(bundle_dir: Path, history: Sequence[str], last_item: bool = False) -> dict[str, Any]:
-    """Peak RSS (MB) and wall time of one `gloss-edge recommend` process (os.wait4 gives the child's rusage)."""
+    """Peak RSS (MB) and wall time of one `gloss-edge recommend` process.
+
+    The peak is the child's VmHWM, polled until it exits: its rusage ``ru_maxrss`` would count this (large)
+    parent process too, since Linux carries the pre-exec memory's peak of a forked child into it.
+    """
     cmd = [*_gloss_edge(), "recommend", str(bundle_dir), "-k", "10", "--json"]
     cmd += [arg for item in history for arg in ("-i", item)] + (["--last-item"] if last_item else ["--llm"])
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = 0.0
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, KeyError):
+                peak = max(peak, _proc_status(proc.pid)["VmHWM"])
+            time.sleep(0.02)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(cmd)} failed: {err.read().decode(errors='replace')[-2000:]}")
-    return {"peak_rss_mb": usage.ru_maxrss * 1024 / MB, "seconds": seconds}  # ru_maxrss is in KiB
+    return {"peak_rss_mb": peak, "seconds": seconds}
 
 
 def _free_port() -> int:

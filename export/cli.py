@@ -53,6 +53,7 @@ class QuantMethod(str, enum.Enum):
     Q4_K_M = "Q4_K_M"
     Q5_K_M = "Q5_K_M"
     Q4_0 = "Q4_0"
+    IQ4_NL = "IQ4_NL"
     F16 = "F16"
 
 
@@ -99,7 +100,7 @@ def quantize(
     method: Annotated[QuantMethod, typer.Option(help="llama.cpp quantization type.")] = QuantMethod.Q8_0,
     num_threads: Annotated[int | None, typer.Option(min=1, help="Threads; default: all cores.")] = None,
 ) -> None:
-    """Quantize a GGUF file with llama.cpp (Q8_0 keeps ~97% top-1 agreement on SmolLM2)."""
+    """Quantize a GGUF file with llama.cpp (Q8_0 keeps ~96% top-1 agreement with F16 on SmolLM2)."""
     from gloss.export.quantize import quantize_gguf
 
     with user_errors():

@@ -16,7 +16,7 @@ from gloss.export.gguf import check_gguf
 
 logger = logging.getLogger(__name__)
 
-QuantMethod = Literal["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "F16"]
+QuantMethod = Literal["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "F16"]
 # Method name -> llama_cpp constant (llama_ftype). Q8_0 keeps ~97% top-1 agreement on SmolLM2 (MODELS.md).
 FTYPES: dict[str, str] = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
@@ -24,6 +24,7 @@ FTYPES: dict[str, str] = {
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL",
     "F16": "LLAMA_FTYPE_MOSTLY_F16",
 }
 

@@ -23,7 +23,7 @@ def f16_gguf(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return write_gguf(tiny_llama_dir, tmp_path_factory.mktemp("quantize") / "tiny-f16.gguf", "f16")
 
 
-@pytest.mark.parametrize("method", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("method", ["Q8_0", "Q4_0", "IQ4_NL"])
 def test_quantize_sets_file_type_and_shrinks(f16_gguf: Path, tmp_path: Path, method: str) -> None:
     out = quantize_gguf(f16_gguf, tmp_path / f"tiny-{method}.gguf", method, num_threads=2)
     meta = check_gguf(out)
