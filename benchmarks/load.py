@@ -2,11 +2,13 @@
 
 Usage:
     python benchmarks/load.py BUNDLE_DIR [--data-dir /work/shared/data/amazon2014/beauty] [--clients 50]
-        [--duration 60] [--modes llm,no-llm,no-llm-batch1] [--max-batch N] [--out benchmarks/results/load.json]
+        [--duration 60] [--modes llm,llm-batch4,no-llm,no-llm-batch1] [--max-batch N]
+        [--out benchmarks/results/load.json]
 
 For each mode it starts the real server in a subprocess (``gloss-edge serve BUNDLE_DIR --port 0``, plus
 ``--last-item`` for the no-LLM path: fusion when the bundle has co-purchase statistics, else last-item
-search; ``no-llm-batch1`` is the same with ``--max-batch 1``, one request per worker step; ``--max-batch``
+search; ``no-llm-batch1`` is the same with ``--max-batch 1``, one request per worker step; ``llm-batch4`` runs
+up to 4 requests' beam searches in one llama.cpp context (``--max-batch 4``); ``--max-batch``
 is passed on to every mode that does not set it), waits until ``/health`` answers (after its warm-up request), then runs
 ``--clients`` threads for ``--duration`` seconds. Each client keeps one HTTP/1.1 connection and posts real
 test-split histories (item ids) one after another; on a 503 it waits the Retry-After seconds (times a random
@@ -45,7 +47,8 @@ from gloss.edge.splits import Split, load_sequences, make_examples
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATA = Path("/work/shared/data/amazon2014/beauty")
-MODES = {"llm": ["--llm"], "no-llm": ["--last-item"], "no-llm-batch1": ["--last-item", "--max-batch", "1"]}
+MODES = {"llm": ["--llm"], "llm-batch4": ["--llm", "--max-batch", "4"], "no-llm": ["--last-item"],
+         "no-llm-batch1": ["--last-item", "--max-batch", "1"]}
 MAX_CLIENTS, MAX_DURATION_S = 200, 600
 RSS_PERIOD_S = 0.1
 ANSWER_MARGIN_S = 30.0  # past the server's request timeout, a missing answer counts as an error
@@ -277,7 +280,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--modes", default="llm,no-llm,no-llm-batch1")
+    parser.add_argument("--modes", default="llm,llm-batch4,no-llm,no-llm-batch1")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="The server's --max-batch (default: the server's own default).")
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
