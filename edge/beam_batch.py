@@ -41,8 +41,9 @@ class KvRuntime(Protocol):
         """Remove a sequence's cells from position ``start`` on (-1: all)."""
         ...
 
-    def save_seq(self, seq: int) -> tuple[Any, int] | None:
-        """A copy of a sequence's KV cells and its size in bytes (None if it failed)."""
+    def save_seq(self, seq: int, max_bytes: int) -> tuple[Any, int] | None:
+        """A copy of a sequence's KV cells and its size in bytes (None if it failed or would exceed
+        ``max_bytes``, checked before anything is copied)."""
         ...
 
     def load_seq(self, seq: int, state: Any, size: int) -> bool:
@@ -230,8 +231,8 @@ class BatchedBeamSearch:
 
     def _save_prefix(self, search: UserSearch, last_logits: np.ndarray) -> None:
         """Keep the prompt's KV cells (and its last logits) for later prompts that share a prefix."""
-        saved = self.runtime.save_seq(search.seqs[0])
+        logits = np.array(last_logits, dtype=np.float32)
+        saved = self.runtime.save_seq(search.seqs[0], self.cache.max_bytes - logits.nbytes)
         if saved is not None:
             state, size = saved
-            logits = np.array(last_logits, dtype=np.float32)
             self.cache.add(search.prompt, (state, size, logits), size + logits.nbytes)

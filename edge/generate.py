@@ -183,8 +183,10 @@ class _LlamaKv:
     def seq_rm(self, seq: int, start: int = -1) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq, start, -1)
 
-    def save_seq(self, seq: int) -> tuple[Any, int] | None:
+    def save_seq(self, seq: int, max_bytes: int) -> tuple[Any, int] | None:
         size = self.lib.llama_state_seq_get_size(self.ctx, seq)
+        if size > max_bytes:  # a long prompt's cells would not be kept: do not even copy them
+            return None
         state = (ctypes.c_uint8 * size)()
         written = self.lib.llama_state_seq_get_data(self.ctx, state, size, seq)
         return (state, written) if written else None

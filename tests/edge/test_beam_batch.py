@@ -23,6 +23,8 @@ class FakeKv:
         self.seqs: dict[int, list[int]] = {}
         self.decoded_tokens = 0
         self.decode_calls: list[set[int]] = []
+        self.save_calls = 0
+        self.copied = 0
 
     def decode(self, tokens, positions, seq_ids, outputs):
         rows = []
@@ -49,7 +51,11 @@ class FakeKv:
         else:
             del self.seqs.setdefault(seq, [])[start:]
 
-    def save_seq(self, seq):
+    def save_seq(self, seq, max_bytes):
+        self.save_calls += 1
+        if len(self.seqs[seq]) > max_bytes:
+            return None
+        self.copied += len(self.seqs[seq])
         return list(self.seqs[seq]), len(self.seqs[seq])
 
     def load_seq(self, seq, state, size):
@@ -102,3 +108,14 @@ def test_a_small_cache_drops_old_prompts_but_results_stay_the_same():
     got, _ = run(prompts * 2, max_users=3, cache=cache)
     assert got == run(prompts * 2, max_users=3)[0]
     assert cache.num_bytes <= cache.max_bytes and cache.hits > 0
+
+
+def test_a_prompt_bigger_than_the_cache_is_never_copied():
+    """A long prompt that the cache could not keep must not be copied out first (a transient copy of its cells
+    is what pushed the server's peak RSS up)."""
+    long_prompt = [5, 6, 7] + list(range(1, 40))
+    cache: PrefixCache = PrefixCache(max_bytes=4 * VOCAB + 10)  # logits and 10 cells
+    _, kv = run([long_prompt], cache=cache)
+    assert kv.save_calls == 1 and kv.copied == 0 and len(cache) == 0
+    _, kv = run([long_prompt[:8]], cache=cache)
+    assert kv.copied == 8 and len(cache) == 1
