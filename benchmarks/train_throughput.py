@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.files import read_jsonl, write_json_atomic, write_jsonl_atomic
+from gloss.edge.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 logger = logging.getLogger("benchmarks.train_throughput")
 RESULTS = Path(__file__).parent / "results"
@@ -144,8 +144,8 @@ def measure_path(name: str, flags: dict[str, Any], ns: argparse.Namespace, data_
     return result
 
 
-def write_results(cpu: dict[str, Any], gpu: dict[str, Any] | None) -> None:
-    """``train_slot.json`` + ``.md``: GPU keys from the slot (or null + why), the CPU block measured here."""
+def write_results(cpu: dict[str, Any], gpu: dict[str, Any] | None, out_dir: Path = RESULTS) -> None:
+    """``train_slot.json`` + ``.md`` in ``out_dir``: GPU keys from the slot (or null + why), the CPU block."""
     out: dict[str, Any] = {key: None for key in GPU_KEYS}
     out["validation"] = {"recall@5": None, "ndcg@5": None}
     out["validation_seen_removed"] = {"recall@5": None, "ndcg@5": None}
@@ -156,7 +156,7 @@ def write_results(cpu: dict[str, Any], gpu: dict[str, Any] | None) -> None:
     if gpu is not None:
         out.update(gpu)
     out["cpu"] = cpu
-    write_json_atomic(RESULTS / "train_slot.json", out)
+    write_json_atomic(out_dir / "train_slot.json", out)
     rows = [f"| {name} | {r['quant']} | {r['packing']} | {r['chunked_loss']} | {r['tokens_per_s']:.0f} | "
             f"{r['tokens_per_s'] / cpu['paths']['old']['tokens_per_s']:.2f}x |" for name, r in cpu["paths"].items()]
     gpu_lines = [f"- `{k}`: {json.dumps(out[k])}" for k in (*GPU_KEYS, "validation", "validation_seen_removed")]
@@ -175,7 +175,7 @@ def write_results(cpu: dict[str, Any], gpu: dict[str, Any] | None) -> None:
         "Goals (>= 5x the NF4 baseline on the GPU, converged in one slot, Beauty Recall@5 >= .0286, whether the "
         "whole-history objective helps): **unmeasured, not met** until the slot runs.", "",
     ]
-    (RESULTS / "train_slot.md").write_text("\n".join(md), encoding="utf-8")
+    write_text_atomic(out_dir / "train_slot.md", "\n".join(md))
 
 
 def measure_device(ns: argparse.Namespace) -> None:

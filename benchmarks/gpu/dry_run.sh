@@ -62,4 +62,8 @@ check_out "$SIM/out2"
 echo "== follow-up"
 WORK=$SIM/work DATA_DIR=$SIM/root/smoke/data EVAL_USERS=${EVAL_USERS:-4} COMPARE_USERS=${COMPARE_USERS:-2} \
     PAPER_QUERIES=/nonexistent PY=$PY bash benchmarks/gpu/follow_up.sh "$SIM/out2"
+
+echo "== slot report (into $SIM/report, not benchmarks/results)"
+"$PY" benchmarks/gpu/slot_report.py "$SIM/out2" "$SIM/work/eval" --out-dir "$SIM/report"
+"$PY" -c 'import json, sys; d = json.load(open(sys.argv[1])); print({k: d[k] for k in ("device", "baseline_tokens_per_s", "tokens_per_s", "epochs", "converged", "validation")})' "$SIM/report/train_slot.json"
 echo "DRY RUN OK"

@@ -66,12 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files_dir", type=Path)
     parser.add_argument("eval_dir", type=Path)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS.parent,
+                        help="Where train_slot.{json,md} go (the dry run writes elsewhere).")
     ns = parser.parse_args()
     spec = importlib.util.spec_from_file_location("train_throughput", RESULTS.parents[1] / "train_throughput.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     cpu = json.loads(RESULTS.read_text())["cpu"]
-    module.write_results(cpu, gpu_block(ns.files_dir, ns.eval_dir))
+    ns.out_dir.mkdir(parents=True, exist_ok=True)
+    module.write_results(cpu, gpu_block(ns.files_dir, ns.eval_dir), ns.out_dir)
 
 
 if __name__ == "__main__":
