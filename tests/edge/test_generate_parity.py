@@ -133,11 +133,14 @@ def test_beam_search_matches_transformers(gguf_pair, early_stopping, record_prop
         else:  # ... and early stopping ends at whichever 5 titles finish first, so a swap can change the set
             assert {tuple(t) for t, _ in ours} & {tuple(t) for t, _ in theirs}
         shared = {tuple(t): s for t, s in theirs}
-        diffs += [abs(s - shared[tuple(t)]) for t, s in ours if tuple(t) in shared]
-        if name == "q4_1" and not early_stopping:
-            assert max(diffs) < 5e-2  # measured 2.4e-2 on these prompts
-        # q4_1 with early stopping: a shared title scored 0.13 apart once (open question, see the speed report);
-        # the f32 rows above are the exact reference for both rules.
+        pairs = [(len(t), abs(s - shared[tuple(t)])) for t, s in ours if tuple(t) in shared]
+        diffs += [d for _, d in pairs]
+        if name == "q4_1":
+            # A score is the mean log-prob of its tokens, so a title's kernel noise averages out; a 1-2 token
+            # hypothesis (a bare newline) carries a low-probability token's error whole (0.13 measured on "\n"
+            # right after the prompt, -4.27 against -4.41). Titles of 3+ tokens: measured <= 0.03.
+            assert max((d for length, d in pairs if length >= 3), default=0.0) < 5e-2
+            assert max(d for _, d in pairs) < 0.25
     record_property(f"{name}_max_score_diff", max(diffs))
     print(f"{name}: {len(diffs)} shared sequences, max |score diff| {max(diffs):.2e}")
 
