@@ -55,6 +55,27 @@ NO_LLM_BATCH = 8
 ADMISSION_SHARE = 0.5
 
 
+_LIBC_TRIM = None
+
+
+def release_free_memory(result: Any) -> Any:
+    """Return ``result`` after handing the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere). Each request frees numpy and llama.cpp temporaries; without it the server's RSS kept the
+    high-water mark of every request shape it had seen."""
+    global _LIBC_TRIM
+    if _LIBC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC_TRIM = False
+    if _LIBC_TRIM:
+        _LIBC_TRIM(0)
+    return result
+
+
 def llm_generation(max_batch: int | None) -> GenerationConfig | None:
     """Generation settings for a worker that runs ``max_batch`` requests at once: a KV context with room for that
     many beam searches (at most what llama.cpp's sequence limit allows; the rest of a batch waits inside
@@ -114,7 +135,7 @@ class RecommendService:
         self.recommender, self.config = recommender, config
         max_batch = config.max_batch or (1 if recommender.generator is not None else NO_LLM_BATCH)
         self.queue = RequestQueue(config.queue_size, max_batch, max_wait_s=config.request_timeout_s * ADMISSION_SHARE)
-        self.worker = Worker(self.queue, lambda requests: run_batch(recommender, requests))
+        self.worker = Worker(self.queue, lambda requests: release_free_memory(run_batch(recommender, requests)))
         self.metrics = ServerMetrics(paths=("/recommend", "/health", "/metrics"))
 
     def start(self) -> None:

@@ -379,3 +379,14 @@ def test_is_loopback(host: str, loopback: bool):
     from gloss.edge.serve import is_loopback
 
     assert is_loopback(host) is loopback
+
+
+def test_release_free_memory_passes_the_result_through_and_finds_malloc_trim():
+    import platform
+
+    from gloss.edge import serve
+
+    replies = [(200, {"items": []})]
+    assert serve.release_free_memory(replies) is replies
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert callable(serve._LIBC_TRIM)  # else the server would silently keep every request's peak
