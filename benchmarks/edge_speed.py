@@ -34,6 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from gloss.edge.catalog import load_catalog
 from gloss.edge.files import write_json_atomic
 from gloss.edge.generate import GenerationConfig, LlamaCppGenerator, batched_config
@@ -198,8 +200,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = record(args, rows, steps, prompts, cap, batched_ms, cache_hits)
     result["bookkeeping_ms_per_step"] = bookkeeping
     result["decode_ms_by_batch"] = by_batch
-    import llama_cpp
-
     result["generator"] = {
         "gguf": str(gguf_path), "gguf_mb": gguf_path.stat().st_size / 2**20,
         "file_type": read_gguf_metadata(gguf_path).get("general.file_type"), "kv_type": kv_type,

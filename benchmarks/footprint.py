@@ -246,8 +246,9 @@ def teacher_forced(
         with LlamaCppGenerator.load(gguf, GenerationConfig(kv_type=kv_type)) as gen:
             for i in tqdm(todo, desc=f"teacher-forced {gguf.name}", disable=None):
                 history_json, target = texts[i]
-                prompt = gen.prompt_tokens(json.loads(history_json))
-                kept = json.loads(history_json)[-gen.last_items_kept :]
+                history = json.loads(history_json)
+                prompt = gen.prompt_tokens(history)
+                kept = history[-gen.last_items_kept :]
                 full = gen.tokenize(build_prompt(kept, target))
                 if full[: len(prompt)] != prompt:
                     raise ValueError(f"prompt {i} is not a token prefix of prompt + target title")
@@ -303,7 +304,7 @@ def generator_part(data_dir: Path, work: Path, num_prompts: int, num_users: int)
                                    kv_type)
               for name, (gguf, kv_type) in variants.items()}  # fmt: skip
     sample = examples[:num_users]
-    # Beams only for the quantized files (F16 decodes slowest on CPU); their reference is Q8_0, the previous default.
+    # Beams only for the quantized files (F16 decodes slowest on CPU); their reference is Q8_0, the default.
     cases = generate_round_robin({name: paths[name] for name in METHODS}, sample, catalog, work)
     embedder = OnnxEmbedder.load(export_embedders(work)["fp32"])
     index = ItemIndex.load(work / "index-fp32-f32.usearch")  # written by the retrieval part

@@ -60,7 +60,8 @@ class GenerationConfig:
             False goes on while a running beam could still beat the finished ones.
         prefix_cache_mb: Host memory for the KV cells of earlier prompts, reused for the longest shared
             token prefix (least recently used dropped first); 0 turns prompt reuse off. A Beauty prompt's cells
-            take ~5 MB in an f16 cache, so 32 MB keeps about 6 prompts (any one of them gives the shared header).
+            take ~10 MB in the f32 cache, so 16 MB keeps the latest prompt: every new user reuses its header, and
+            a user who comes back next reuses the whole earlier history.
         max_batch_users: Users whose searches share one ``llama_decode`` per step in :meth:`generate_batch`
             (each adds ``2 * num_beams`` sequences and their logits buffer; :func:`batched_config` sets it with
             the KV cells it needs).
@@ -108,11 +109,16 @@ class GenerationConfig:
             raise InputError(f"--num-threads must be >= 1, got {self.num_threads}")
         if self.prefix_cache_mb < 0:
             raise InputError(f"--prefix-cache-mb must be >= 0, got {self.prefix_cache_mb}")
-        max_users = MAX_SEQUENCES // (2 * self.num_beams)
-        if not 1 <= self.max_batch_users <= max_users:
-            raise InputError(f"--max-batch-users must be in [1, {max_users}], got {self.max_batch_users}")
+        if not 1 <= self.max_batch_users <= self.users_limit:
+            raise InputError(f"--max-batch-users must be in [1, {self.users_limit}], got {self.max_batch_users}")
         if self.kv_tokens is not None and self.kv_tokens < self.user_kv_tokens:
             raise InputError(f"--kv-tokens must be >= {self.user_kv_tokens} (one user), got {self.kv_tokens}")
+
+    @property
+    def users_limit(self) -> int:
+        """Users whose searches fit one context at most: llama.cpp's sequence limit over each user's
+        ``2 * num_beams`` sequences."""
+        return MAX_SEQUENCES // (2 * self.num_beams)
 
     @property
     def user_kv_tokens(self) -> int:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import ipaddress
 import json
 import logging
@@ -23,12 +26,12 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gloss.edge.errors import GlossError, InputError, require
-from gloss.edge.generate import MAX_SEQUENCES, GenerationConfig, batched_config
+from gloss.edge.generate import GenerationConfig, batched_config
 from gloss.edge.recommend import Recommender
 from gloss.edge.server_metrics import CONTENT_TYPE, ServerMetrics
 from gloss.edge.server_queue import QueueClosedError, QueueFullError, RequestQueue, Worker
@@ -55,24 +58,22 @@ NO_LLM_BATCH = 8
 ADMISSION_SHARE = 0.5
 
 
-_LIBC_TRIM = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def release_free_memory(result: Any) -> Any:
     """Return ``result`` after handing the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op
     elsewhere). Each request frees numpy and llama.cpp temporaries; without it the server's RSS kept the
     high-water mark of every request shape it had seen."""
-    global _LIBC_TRIM
-    if _LIBC_TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _LIBC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _LIBC_TRIM = False
-    if _LIBC_TRIM:
-        _LIBC_TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
     return result
 
 
@@ -82,7 +83,7 @@ def llm_generation(max_batch: int | None) -> GenerationConfig | None:
     ``generate_batch`` for a free slot). None (the defaults) for one request at a time."""
     if not max_batch or max_batch == 1:
         return None
-    return batched_config(min(max_batch, MAX_SEQUENCES // (2 * GenerationConfig().num_beams)))
+    return batched_config(min(max_batch, GenerationConfig().users_limit))
 
 
 @dataclass(frozen=True)
