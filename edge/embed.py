@@ -135,7 +135,8 @@ class OnnxEmbedder:
         tokenizer.enable_truncation(max_length=config.max_length)
         options = ort.SessionOptions()
         # No memory arena: it keeps the largest batch's buffers for the life of the process (a 64-title batch left
-        # the int8 embedder at 525 MB against 265 without it), and 5-title batches are as fast without it.
+        # the int8 embedder 414 MB above start-up against 103 without it), and 5-title batches are as fast without
+        # it (benchmarks/results/runtime_memory.md).
         options.enable_cpu_mem_arena = False
         if num_threads is not None:
             if num_threads < 1:

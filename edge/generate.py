@@ -300,8 +300,8 @@ class LlamaCppGenerator:
         params = lib.llama_context_default_params()
         params.n_ctx = config.kv_tokens or config.user_kv_tokens
         params.n_batch = config.n_ctx  # the whole prompt goes in one llama_decode call
-        # 256-token micro-batches: half the compute buffer of 512 (49 against 98 MiB at the default n_ctx) and no
-        # slower on 2 cores (a 210-token Beauty prompt 263 against 271 ms; the longest, 971 tokens, 1.20 / 1.48 s).
+        # 256-token micro-batches: half the compute buffer of 512 (49 against 98 MiB at the default n_ctx) for prompt
+        # decodes ~5% slower on 2 cores (benchmarks/results/runtime_memory.md); memory is the scarcer resource here.
         params.n_ubatch = min(UBATCH_TOKENS, config.n_ctx)
         params.n_seq_max = 2 * config.num_beams * config.max_batch_users
         params.kv_unified = True
