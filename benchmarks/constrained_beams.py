@@ -23,7 +23,7 @@ from typing import Any
 
 from gloss.edge.bundle import load_bundle
 from gloss.edge.files import write_json_atomic, write_text_atomic
-from gloss.edge.generate import GeneratedQuery, GenerationConfig
+from gloss.edge.generation.generate import GeneratedQuery, GenerationConfig
 from gloss.edge.recommend import Recommender
 from gloss.edge.splits import Split, load_sequences, make_examples, validation_users
 

@@ -38,9 +38,9 @@ import llama_cpp
 
 from gloss.edge.catalog import load_catalog
 from gloss.edge.files import write_json_atomic
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator, batched_config
-from gloss.edge.gguf_header import read_gguf_metadata
-from gloss.edge.kvcache import PrefixCache
+from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator, batched_config
+from gloss.edge.generation.gguf_header import read_gguf_metadata
+from gloss.edge.generation.kvcache import PrefixCache
 from gloss.edge.splits import Split, load_sequences, make_examples
 
 logger = logging.getLogger("benchmarks.edge_speed")
@@ -95,7 +95,7 @@ def bookkeeping_ms(gen: LlamaCppGenerator, repeats: int = 50) -> dict[str, float
     argpartition), candidate selection only for the previous one."""
     import numpy as np
 
-    from gloss.edge.beam import Beams, beam_step, log_softmax
+    from gloss.edge.generation.beam import Beams, beam_step, log_softmax
 
     rng = np.random.default_rng(0)
     beams_n = gen.config.num_beams

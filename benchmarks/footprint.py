@@ -237,7 +237,7 @@ def teacher_forced(
     of the true token at every position of the target title, teacher-forced through the edge's own llama.cpp
     runtime (``kv_type`` as in GenerationConfig; histories cut to fit as ``recommend`` cuts them). Cached as
     ``cache_dir/<i>.npy``, so reruns only add what is missing."""
-    from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
+    from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator
     from gloss.edge.prompt import build_prompt
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ def generate_round_robin(paths: dict[str, Path], examples: Sequence[Example], ca
     """5-beam queries of every GGUF for each example, one user at a time across the models so that an
     interrupted run leaves the same users done for all; rows are appended to ``queries-<model>.jsonl`` and a
     rerun resumes after the users already there."""
-    from gloss.edge.generate import LlamaCppGenerator
+    from gloss.edge.generation.generate import LlamaCppGenerator
 
     files = {name: work / f"queries-{name}.jsonl" for name in paths}
     done = min(sum(1 for _ in read_jsonl(f)) if f.is_file() else 0 for f in files.values())

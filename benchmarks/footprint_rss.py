@@ -168,7 +168,7 @@ def probe_steps(bundle_dir: Path, history: Sequence[str]) -> dict[str, Any]:
     import usearch.index  # noqa: F401
 
     from gloss.edge.bundle import load_bundle
-    from gloss.edge.generate import LlamaCppGenerator
+    from gloss.edge.generation.generate import LlamaCppGenerator
     from gloss.edge.recommend import Recommender
 
     steps["imports"] = _status_mb()

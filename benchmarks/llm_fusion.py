@@ -43,7 +43,7 @@ from gloss.edge.bundle import load_bundle
 from gloss.edge.evaluate import EvalCase, cases_from_queries_file
 from gloss.edge.files import read_jsonl, write_json_atomic, write_text_atomic
 from gloss.edge.fusion import FusionConfig, FusionRanker, QuerySignals
-from gloss.edge.generate import GenerationConfig
+from gloss.edge.generation.generate import GenerationConfig
 from gloss.edge.logs import setup_logging
 from gloss.edge.metrics import POWER_MIN, summarize
 from gloss.edge.recommend import RetrievalConfig, beam_positions, embed_queries, item_texts, query_text, rank_items
@@ -76,7 +76,7 @@ def sample_examples(dataset: str, split: Split, num_users: int) -> list:
 def load_generator(bundle, constrained: bool, threads: int | None, batch_users: int):
     """The bundle's llama.cpp generator, free or constrained to the catalogue's titles (the bundle's trie),
     with room in its KV cache to decode ``batch_users`` searches together."""
-    from gloss.edge.generate import LlamaCppGenerator
+    from gloss.edge.generation.generate import LlamaCppGenerator
 
     trie = None
     if constrained and bundle.paths.trie is not None:

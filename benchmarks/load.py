@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.files import write_json_atomic
-from gloss.edge.serve import ServeConfig, is_loopback
+from gloss.edge.server.app import ServeConfig
+from gloss.edge.server.transport import is_loopback
 from gloss.edge.splits import Split, load_sequences, make_examples
 
 RESULTS = Path(__file__).parent / "results"

@@ -45,8 +45,8 @@ def ubatch_rows(bundle_dir: Path, data_dir: Path, num_users: int) -> list[dict[s
     """Compute buffer and prompt decode time per n_ubatch (the generator's own context otherwise)."""
     from edge_speed import load_histories  # benchmarks/edge_speed.py
 
-    from gloss.edge import generate
     from gloss.edge.bundle import load_bundle
+    from gloss.edge.generation import generate
 
     gguf = load_bundle(bundle_dir).paths.generator
     histories = load_histories(data_dir, num_users)

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.beam import Beams
 from gloss.edge.bundle import load_bundle
 from gloss.edge.evaluate import EvalCase, evaluate
 from gloss.edge.files import read_jsonl, write_json_atomic, write_jsonl_atomic
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator, batched_config
+from gloss.edge.generation.beam import Beams
+from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator, batched_config
 from gloss.edge.recommend import RetrievalConfig, query_text
 from gloss.edge.splits import Split, load_sequences, make_examples, validation_users
 

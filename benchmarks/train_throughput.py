@@ -66,7 +66,7 @@ def make_model(out: Path, hidden: int, layers: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from gloss.export.merge import default_base_gguf
+    from gloss.export.hf_models import default_base_gguf
 
     gguf = default_base_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -10,172 +10,39 @@ Layout (all paths relative to the bundle folder)::
     generator/trie.npz       with the generator: token trie of the catalogue's titles (gloss.edge.trie)
     fusion/copurchase.npz    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.fusion)
 
-The manifest records the format version, creation time, package versions, the prompt template, one section
-per part and the size and SHA-256 of every file, so that a truncated or edited bundle fails to load with
-one clear line instead of a crash deep inside onnxruntime or usearch.
+The manifest (gloss.edge.manifest) records the size and SHA-256 of every file, so that a truncated or edited
+bundle fails to load with one clear line instead of a crash deep inside onnxruntime or usearch; the folder
+is written through gloss.edge.outdir, so its path always holds a whole bundle.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gloss.edge.catalog import Catalog, load_catalog
 from gloss.edge.embed import CONFIG_NAME, EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
-from gloss.edge.files import (
-    WRITER_FILE,
-    make_temp_dir,
-    read_text,
-    release_temp_dir,
-    sha256_file,
-    write_json_atomic,
-)
+from gloss.edge.files import read_text, sha256_file
 from gloss.edge.fusion import CoPurchase, FusionConfig, FusionRanker
 from gloss.edge.index import METRIC, ItemIndex, read_index_header
-from gloss.edge.manifest import check_manifest_shape, shown
+from gloss.edge.manifest import BUILD_HINT, MANIFEST_NAME, OPTIONAL_SECTIONS, read_manifest, shown
 from gloss.edge.prompt import ITEM_PREFIX, PROMPT_TEMPLATE
 from gloss.edge.trie import TokenTrie, catalog_fingerprint
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "gloss_bundle.json"
-FORMAT_VERSION = 1
 CATALOG_FILE = "catalog.jsonl.gz"
 EMBEDDER_DIR = "embedder"
 INDEX_FILE = "index.usearch"
 GENERATOR_FILE = "generator/model.gguf"
 TRIE_FILE = "generator/trie.npz"  # manifest: generator.trie (rebuilt whenever the generator is)
 COPURCHASE_FILE = "fusion/copurchase.npz"
-OPTIONAL_SECTIONS = ("generator", "fusion")
 ITEM_TEXT = ITEM_PREFIX + "{title}"  # items are embedded like the queries: "Title: <title>"
-SECTIONS = ("catalog", "embedder", "index")
-VERSIONED_PACKAGES = (
-    "gloss", "numpy", "onnxruntime", "tokenizers", "usearch", "llama-cpp-python",
-    "torch", "transformers", "optimum", "optimum-onnx", "onnx", "gguf",
-)  # fmt: skip
-BUILD_HINT = "rebuild it with gloss-export bundle"
 
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that shape a bundle (absent ones are left out)."""
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-@contextmanager
-def atomic_dir(path: Path, marker: str) -> Iterator[Path]:
-    """Build a directory in a temp folder beside ``path``; swap it into place only if the block succeeds.
-
-    An existing ``path`` is replaced only if it is empty or holds ``marker`` (the file that shows it was
-    written by gloss), so a mistyped ``--out-dir`` never deletes an unrelated folder. Temp folders that an
-    interrupted build of the same ``path`` left behind are removed first (only if their writer is gone),
-    and the result follows the user's umask (:func:`gloss.edge.files.make_temp_dir`).
-
-    Raises:
-        InputError: If ``path`` is a file, or a non-empty folder without ``marker``.
-    """
-    path = Path(path)
-    check_replaceable(path, marker)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(path)
-    try:
-        yield tmp
-        check_replaceable(path, marker)
-        release_temp_dir(tmp)
-        _swap_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_replaceable(path: Path, marker: str) -> None:
-    """Raise InputError unless ``path`` is absent, an empty folder, or a folder holding ``marker``."""
-    if path.is_file():
-        raise InputError(f"{path}: is a file; give a folder path for the output")
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise InputError(
-            f"{path}: folder exists and has no {marker}, so it was not written by gloss; "
-            "choose a new or empty output folder"
-        )
-
-
-def _swap_dir(new: Path, path: Path) -> None:
-    """Rename ``new`` onto ``path``, moving an old ``path`` aside first and deleting it afterwards."""
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, old / "content")
-    try:
-        os.replace(new, path)
-    except OSError:
-        if old is not None:
-            os.replace(old / "content", path)  # put the previous version back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def file_entries(bundle_dir: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file under ``bundle_dir`` except the manifest (and a temp folder's writer
-    record), by POSIX relative path."""
-    entries = {}
-    for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
-        rel = path.relative_to(bundle_dir).as_posix()
-        if rel not in (MANIFEST_NAME, WRITER_FILE):
-            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    return entries
-
-
-def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]:
-    """Write ``gloss_bundle.json`` for the files now in ``bundle_dir``; call it after every other file.
-
-    Args:
-        bundle_dir: The (temporary) bundle folder.
-        sections: ``catalog``, ``embedder``, ``index`` and optionally ``generator`` / ``fusion`` dicts.
-
-    Returns:
-        The manifest written.
-
-    Raises:
-        InputError: If a section is missing or not JSON-serialisable.
-    """
-    missing = [name for name in SECTIONS if name not in sections]
-    if missing:
-        raise InputError(f"bundle manifest: missing sections {missing}")
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "gloss_version": package_versions().get("gloss", "unknown"),
-        "packages": package_versions(),
-        "prompt_template": PROMPT_TEMPLATE,
-        **{name: sections[name] for name in SECTIONS},
-    }
-    for name in OPTIONAL_SECTIONS:
-        if sections.get(name) is not None:
-            manifest[name] = sections[name]
-    manifest["files"] = file_entries(bundle_dir)
-    try:
-        json.dumps(manifest)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"bundle manifest: a value is not JSON-serialisable ({exc})") from exc
-    write_json_atomic(Path(bundle_dir) / MANIFEST_NAME, manifest)
-    return manifest
 
 
 @dataclass(frozen=True)
@@ -309,39 +176,6 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
         )
     logger.info("bundle %s: %d items, generator: %s", bundle_dir, len(catalog), paths.generator is not None)
     return Bundle(dir=bundle_dir, manifest=manifest, catalog=catalog, paths=paths)
-
-
-def read_manifest(bundle_dir: Path) -> dict[str, Any]:
-    """Parse and structurally check ``gloss_bundle.json`` (no file contents are read).
-
-    Raises:
-        InputError: If the folder or manifest is missing, unreadable, of another version or incomplete.
-    """
-    if not bundle_dir.exists():
-        raise InputError(f"{bundle_dir}: no such folder; build a bundle with gloss-export bundle")
-    if not bundle_dir.is_dir():
-        raise InputError(f"{bundle_dir}: not a directory but a file; a bundle is the folder gloss-export bundle "
-                         "writes")
-    path = bundle_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(
-            f"{bundle_dir}: no {MANIFEST_NAME}, not a gloss bundle; build one with gloss-export bundle"
-        )
-    text = read_text(path, hint=BUILD_HINT)  # non-UTF-8 bytes: one line naming the byte offset
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc}); {BUILD_HINT}") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{path}: expected a JSON object; {BUILD_HINT}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(
-            f"{path}: bundle format_version {version!r}, this gloss reads version {FORMAT_VERSION}; "
-            f"{BUILD_HINT} or use the gloss version that wrote it"
-        )
-    check_manifest_shape(path, manifest, OPTIONAL_SECTIONS, BUILD_HINT)
-    return manifest
 
 
 def _trie_file(manifest: dict[str, Any]) -> str | None:

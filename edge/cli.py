@@ -15,7 +15,7 @@ from gloss.edge.files import STDIN, read_text, write_json_atomic
 from gloss.edge.logs import setup_logging
 from gloss.edge.metrics import POWER_MIN, POWER_MIN_DEFAULT
 from gloss.edge.recommend import RetrievalConfig
-from gloss.edge.serve import ServeConfig
+from gloss.edge.server.app import ServeConfig
 from gloss.edge.splits import DEFAULT_SEED, Split
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneLineErrors)
@@ -245,7 +245,8 @@ def serve(
 ) -> None:
     """Serve POST /recommend {"history": [...], "k": 10}, GET /health and GET /metrics over HTTP."""
     from gloss.edge.recommend import Recommender
-    from gloss.edge.serve import llm_generation, make_server
+    from gloss.edge.server.app import llm_generation
+    from gloss.edge.server.transport import make_server
 
     with user_errors():
         config = ServeConfig(queue_size=queue_size, max_batch=max_batch, request_timeout_s=request_timeout)

@@ -16,7 +16,7 @@ from gloss.edge.catalog import Catalog
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
 from gloss.edge.files import read_jsonl, sha256_file, write_jsonl_atomic
-from gloss.edge.generate import QueryGenerator
+from gloss.edge.generation.generate import QueryGenerator
 from gloss.edge.logs import progress_enabled
 from gloss.edge.metrics import POWER_MIN_DEFAULT, rank_of, summarize
 from gloss.edge.prompt import render_item
@@ -343,7 +343,7 @@ def load_cases(
     if source == "bundle":
         if bundle.paths.generator is None:
             raise InputError(f"{bundle.dir}: bundle has no generator; add one with gloss-export bundle --gguf")
-        from gloss.edge.generate import LlamaCppGenerator, batched_config
+        from gloss.edge.generation.generate import LlamaCppGenerator, batched_config
 
         trie = bundle.open_trie() if constrained else None
         config = batched_config(EVAL_BATCH_USERS)

@@ -4,15 +4,12 @@ atomic writes that follow the user's umask."""
 from __future__ import annotations
 
 import codecs
-import glob
 import gzip
 import hashlib
 import io
 import json
 import logging
 import os
-import shutil
-import socket
 import sys
 import tempfile
 import zlib
@@ -28,9 +25,6 @@ logger = logging.getLogger(__name__)
 STDIN = "-"
 NEWLINE = b"\n"
 UTF8_HINT = "save the file as UTF-8"
-WRITER_FILE = ".gloss_writer.json"  # inside a temp build folder: which process is writing it
-BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-STAT_START_FIELD = 19  # starttime in /proc/PID/stat, counted after the ")" that ends the command name
 
 
 def check_input_file(path: Path, what: str = "file") -> Path:
@@ -170,12 +164,28 @@ def follow_umask(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def make_parent_dir(path: Path) -> None:
+    """Create the folder ``path`` will live in (and its parents).
+
+    Raises:
+        InputError: If it cannot be created (a file in the way, a read-only or virtual file system).
+    """
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the folder {parent} ({exc.strerror or exc})") from None
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Give a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_parent_dir(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write there ({exc.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     follow_umask(tmp_path)  # mkstemp makes 0600 files; a service running as another user must read them
@@ -217,107 +227,3 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# --- temp build folders: umask-following, with a writer record so stale ones can be cleaned ---
-
-
-def make_temp_dir(path: Path) -> Path:
-    """Create a hidden temp folder ``.NAME.*.tmp`` beside ``path`` to build it in.
-
-    Stale temp folders of the same target, left by a writer that no longer runs (``kill -9``, a crash, a
-    reboot), are removed first. The new folder follows the umask (``mkdtemp`` alone makes it 0700) and holds
-    a :data:`WRITER_FILE` record of this process; call :func:`release_temp_dir` before renaming it into place.
-    """
-    path = Path(path)
-    remove_stale_temp_dirs(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    follow_umask(tmp, directory=True)
-    (tmp / WRITER_FILE).write_text(json.dumps(writer_record(path)), encoding="utf-8")
-    return tmp
-
-
-def release_temp_dir(tmp: Path) -> None:
-    """Remove the writer record from a finished temp folder (just before it is renamed into place)."""
-    (Path(tmp) / WRITER_FILE).unlink(missing_ok=True)
-
-
-def writer_record(path: Path) -> dict[str, Any]:
-    """Who is writing a temp folder for ``path``: pid, host, boot id and the process's start time."""
-    pid = os.getpid()
-    return {"target": Path(path).name, "pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
-            "pid_namespace": _pid_namespace(), "start_ticks": _start_ticks(pid)}  # fmt: skip
-
-
-def writer_is_gone(record: dict[str, Any]) -> bool:
-    """True only if the process a writer record names has surely ended (unknown cases count as alive).
-
-    A record from another host or PID namespace (another container) proves nothing here; another boot id
-    means the machine restarted since; a live pid with another start time is a new process that reused it.
-    """
-    if record.get("host") != socket.gethostname() or record.get("pid_namespace") != _pid_namespace():
-        return False
-    boot_id = _boot_id()
-    if boot_id is not None and record.get("boot_id") not in (None, boot_id):
-        return True
-    pid = record.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except (ProcessLookupError, OverflowError):
-        return True
-    except PermissionError:
-        pass  # exists, owned by another user
-    started = record.get("start_ticks")
-    now = _start_ticks(pid)
-    return started is not None and now is not None and started != now
-
-
-def remove_stale_temp_dirs(path: Path) -> list[Path]:
-    """Delete ``.NAME.*.tmp`` folders beside ``path`` whose writer record says the writer is gone.
-
-    Folders without a readable record (another tool's, or one being created right now) are kept.
-
-    Returns:
-        The folders removed.
-    """
-    path = Path(path)
-    removed = []
-    for candidate in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
-        if candidate.is_symlink() or not candidate.is_dir():
-            continue
-        try:
-            record = json.loads((candidate / WRITER_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if not isinstance(record, dict) or record.get("target") != path.name or not writer_is_gone(record):
-            continue
-        shutil.rmtree(candidate, ignore_errors=True)
-        logger.info("removed %s: left by process %s, which is gone", candidate, record.get("pid"))
-        removed.append(candidate)
-    return removed
-
-
-def _boot_id() -> str | None:
-    try:
-        return BOOT_ID_PATH.read_text(encoding="ascii").strip() or None
-    except OSError:
-        return None
-
-
-def _pid_namespace() -> str | None:
-    """This process's PID namespace (``pid:[4026531836]``), or None where unknown (not Linux)."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks after boot (Linux), or None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        return int(stat.rsplit(")", 1)[1].split()[STAT_START_FIELD])
-    except (OSError, IndexError, ValueError):
-        return None

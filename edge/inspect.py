@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.bundle import MANIFEST_NAME, load_bundle, package_versions, read_manifest
+from gloss.edge.bundle import load_bundle
 from gloss.edge.errors import GlossError, InputError
+from gloss.edge.manifest import MANIFEST_NAME, package_versions, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _index_section(
 def _generator_section(
     bundle_dir: Path, meta: dict[str, Any], files: dict[str, Any], problems: list[str]
 ) -> dict[str, Any]:
-    from gloss.edge.gguf_header import read_gguf_metadata
+    from gloss.edge.generation.gguf_header import read_gguf_metadata
 
     path = bundle_dir / meta["file"]
     out: dict[str, Any] = {"present": True, "bytes": _files_of(files, meta["file"]).get(meta["file"]),

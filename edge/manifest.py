@@ -1,19 +1,36 @@
-"""The shape of a bundle manifest: every field the loader reads exists and has the right JSON type.
+"""The bundle manifest ``gloss_bundle.json``: writing it, reading it, and checking its shape.
 
-A hand-edited ``gloss_bundle.json`` can break any field (``"files": {"x": "abc"}``); checking the shape first
-turns what would be an AttributeError deep in the loader into one line naming the field.
+The manifest records the format version, creation time, package versions, the prompt template, one section
+per part and the size and SHA-256 of every file. A hand-edited manifest can break any field
+(``"files": {"x": "abc"}``); checking the shape first turns what would be an AttributeError deep in the
+loader into one line naming the field.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError
+from gloss.edge.files import read_text, sha256_file, write_json_atomic
+from gloss.edge.prompt import PROMPT_TEMPLATE
 
 logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "gloss_bundle.json"
+FORMAT_VERSION = 1
+OPTIONAL_SECTIONS = ("generator", "fusion")
+SECTIONS = ("catalog", "embedder", "index")
+VERSIONED_PACKAGES = (
+    "gloss", "numpy", "onnxruntime", "tokenizers", "usearch", "llama-cpp-python",
+    "torch", "transformers", "optimum", "optimum-onnx", "onnx", "gguf",
+)  # fmt: skip
+BUILD_HINT = "rebuild it with gloss-export bundle"
 
 MANIFEST_SHAPE: dict[str, dict[str, type]] = {
     "catalog": {"file": str, "num_items": int},
@@ -72,3 +89,93 @@ def shown(value: Any) -> str:
     """A value for an error line: its JSON type and a short repr."""
     text = repr(value)
     return f"{type(value).__name__} {text[:SHOWN_CHARS] + '...' if len(text) > SHOWN_CHARS else text}"
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape a bundle (absent ones are left out)."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def file_entries(bundle_dir: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``bundle_dir`` except the manifest, by POSIX relative path."""
+    entries = {}
+    for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle_dir).as_posix()
+        if rel != MANIFEST_NAME:
+            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return entries
+
+
+def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]:
+    """Write ``gloss_bundle.json`` for the files now in ``bundle_dir``; call it after every other file.
+
+    Args:
+        bundle_dir: The (temporary) bundle folder.
+        sections: ``catalog``, ``embedder``, ``index`` and optionally ``generator`` / ``fusion`` dicts.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        InputError: If a section is missing or not JSON-serialisable.
+    """
+    missing = [name for name in SECTIONS if name not in sections]
+    if missing:
+        raise InputError(f"bundle manifest: missing sections {missing}")
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "gloss_version": package_versions().get("gloss", "unknown"),
+        "packages": package_versions(),
+        "prompt_template": PROMPT_TEMPLATE,
+        **{name: sections[name] for name in SECTIONS},
+    }
+    for name in OPTIONAL_SECTIONS:
+        if sections.get(name) is not None:
+            manifest[name] = sections[name]
+    manifest["files"] = file_entries(bundle_dir)
+    try:
+        json.dumps(manifest)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bundle manifest: a value is not JSON-serialisable ({exc})") from exc
+    write_json_atomic(Path(bundle_dir) / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    """Parse and structurally check ``gloss_bundle.json`` (no file contents are read).
+
+    Raises:
+        InputError: If the folder or manifest is missing, unreadable, of another version or incomplete.
+    """
+    if not bundle_dir.exists():
+        raise InputError(f"{bundle_dir}: no such folder; build a bundle with gloss-export bundle")
+    if not bundle_dir.is_dir():
+        raise InputError(f"{bundle_dir}: not a directory but a file; a bundle is the folder gloss-export bundle "
+                         "writes")
+    path = bundle_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(
+            f"{bundle_dir}: no {MANIFEST_NAME}, not a gloss bundle; build one with gloss-export bundle"
+        )
+    text = read_text(path, hint=BUILD_HINT)  # non-UTF-8 bytes: one line naming the byte offset
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); {BUILD_HINT}") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: expected a JSON object; {BUILD_HINT}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(
+            f"{path}: bundle format_version {version!r}, this gloss reads version {FORMAT_VERSION}; "
+            f"{BUILD_HINT} or use the gloss version that wrote it"
+        )
+    check_manifest_shape(path, manifest, OPTIONAL_SECTIONS, BUILD_HINT)
+    return manifest

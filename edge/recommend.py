@@ -14,7 +14,7 @@ from gloss.edge.catalog import Catalog
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
 from gloss.edge.explain import Explanation, explain_fusion, explain_paper
-from gloss.edge.generate import GeneratedQuery, GenerationConfig, QueryGenerator
+from gloss.edge.generation.generate import GeneratedQuery, GenerationConfig, QueryGenerator
 from gloss.edge.prompt import ITEM_PREFIX, parse_generated, render_item
 from gloss.edge.types import ScoredItem, SearchIndex
 
@@ -275,7 +275,7 @@ class Recommender:
         Raises:
             InputError: If a part that is asked for is missing.
         """
-        from gloss.edge.generate import LlamaCppGenerator
+        from gloss.edge.generation.generate import LlamaCppGenerator
 
         index = bundle.open_index()
         if use_fusion is None:

@@ -97,7 +97,7 @@ class TokenTrie:
     """Catalogue titles as token sequences; maps a beam's generated tokens to allowed next tokens and items.
 
     Build it with :func:`build_trie` (or :meth:`from_sequences`), open a saved one with :meth:`load`.
-    It implements :class:`gloss.edge.beam.TokenConstraint`.
+    It implements :class:`gloss.edge.generation.beam.TokenConstraint`.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: TrieMeta) -> None:

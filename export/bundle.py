@@ -16,22 +16,19 @@ from gloss.edge.bundle import (
     GENERATOR_FILE,
     INDEX_FILE,
     ITEM_TEXT,
-    MANIFEST_NAME,
-    OPTIONAL_SECTIONS,
-    SECTIONS,
     TRIE_FILE,
     Bundle,
-    atomic_dir,
     load_bundle,
-    write_manifest,
 )
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
 from gloss.edge.files import check_input_file, sha256_file
 from gloss.edge.fusion import FusionConfig
-from gloss.edge.gguf_header import check_gguf
+from gloss.edge.generation.gguf_header import check_gguf
 from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, METRIC, ItemIndex
+from gloss.edge.manifest import MANIFEST_NAME, OPTIONAL_SECTIONS, SECTIONS, write_manifest
+from gloss.edge.outdir import atomic_dir
 from gloss.edge.trie import check_titles
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
 

@@ -175,7 +175,7 @@ def bundle(
             raise InputError("give one of --gguf, --stock-generator and --adapter")
         meta = None
         if stock_generator:
-            from gloss.export.merge import default_base_gguf
+            from gloss.export.hf_models import default_base_gguf
 
             gguf_path = default_base_gguf()
             meta = {"base_model": gguf_path.name, "fine_tuned": False}

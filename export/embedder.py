@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.bundle import atomic_dir
 from gloss.edge.embed import CONFIG_NAME, MODEL_NAME, OUTPUT_NAME, TOKENIZER_NAME, EmbedderConfig
 from gloss.edge.errors import GlossError, InputError, require
 from gloss.edge.files import write_json_atomic
+from gloss.edge.outdir import atomic_dir
 
 logger = logging.getLogger(__name__)
 

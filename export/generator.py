@@ -57,7 +57,7 @@ def resolve_adapter(adapter: str | Path) -> AdapterSource:
 
 
 def _shipped_source(name: str) -> AdapterSource:
-    from gloss.export.merge import default_base_gguf
+    from gloss.export.hf_models import default_base_gguf
 
     folder = SHIPPED_DIR / name
     info = json.loads((folder / ADAPTER_INFO).read_text(encoding="utf-8"))

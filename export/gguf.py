@@ -18,7 +18,7 @@ import numpy as np
 
 from gloss.edge.errors import InputError, require
 from gloss.edge.files import atomic_path
-from gloss.edge.gguf_header import LLAMA_ARCH, check_gguf, read_gguf_metadata  # noqa: F401 (re-exported)
+from gloss.edge.generation.gguf_header import LLAMA_ARCH, check_gguf, read_gguf_metadata  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError, require
-from gloss.edge.generate import vocab_texts
-from gloss.edge.gguf_header import check_gguf
+from gloss.edge.generation.generate import vocab_texts
+from gloss.edge.generation.gguf_header import check_gguf
 from gloss.edge.trie import TokenTrie, build_trie, vocab_fingerprint
 
 logger = logging.getLogger(__name__)

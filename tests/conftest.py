@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
+SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -56,7 +58,7 @@ def vocab_gguf_path(smollm2_gguf_path: Path, tmp_path_factory: pytest.TempPathFa
     """A tensor-free LLaMA GGUF with SmolLM2's real tokenizer and hparams (1.8 MB): enough for llama.cpp's
     vocabulary-only load, i.e. for a bundle's generator trie, without copying 100 MB of weights per test."""
     gguf = pytest.importorskip("gguf")
-    from gloss.edge.gguf_header import read_gguf_metadata
+    from gloss.edge.generation.gguf_header import read_gguf_metadata
 
     path = tmp_path_factory.mktemp("vocab-gguf") / "vocab-only.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -123,3 +125,52 @@ def tiny_llama_dir(smollm2_tokenizer_dir: Path, tmp_path_factory: pytest.TempPat
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# --- tiny real bundles of the fixture catalogue (read-only: copy one before changing it) ---
+
+
+def build_tiny_bundle(root: Path, name: str = "bundle", embedder_dir: Path | None = None) -> Path:
+    """A real bundle of the fixture catalogue under ``root / name``, with a tiny ONNX embedder (no generator)."""
+    from gloss.edge.catalog import load_catalog
+    from gloss.edge.prompt import render_item
+    from gloss.export.bundle import build_bundle
+    from tests.fakes import write_tiny_embedder
+
+    if embedder_dir is None:
+        texts = [render_item(t) for t in load_catalog(CATALOG_PATH).titles]
+        embedder_dir = write_tiny_embedder(root / "embedder", texts=texts)
+    return build_bundle(CATALOG_PATH, root / name, embedder_dir=embedder_dir, name="beauty", show_progress=False)
+
+
+def copy_bundle(source: Path, out: Path) -> Path:
+    """A private copy of a shared bundle fixture, for a test that changes it."""
+    import shutil
+
+    return Path(shutil.copytree(source, out))
+
+
+@pytest.fixture(scope="session")
+def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ONNX embedder whose vocabulary covers the fixture catalogue's titles."""
+    from gloss.edge.catalog import load_catalog
+    from gloss.edge.prompt import render_item
+    from tests.fakes import write_tiny_embedder
+
+    texts = [render_item(t) for t in load_catalog(CATALOG_PATH).titles]
+    return write_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny", texts=texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(embedder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture catalogue as a bundle without generator or fusion statistics."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"), embedder_dir=embedder_dir)
+
+
+@pytest.fixture(scope="session")
+def fusion_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_bundle` plus co-purchase statistics of the fixture sequences (test items held out)."""
+    from gloss.export.bundle import add_fusion
+
+    out = copy_bundle(tiny_bundle, tmp_path_factory.mktemp("fusion-bundle") / "bundle")
+    return add_fusion(out, SEQUENCES_PATH, holdout=1)

@@ -148,7 +148,7 @@ def generate(
 ) -> None:
     """Write 5-beam queries per user in the format `gloss-edge eval --queries` scores."""
     with user_errors():
-        from gloss.train.evaluate import generate_queries
+        from gloss.train.generate import generate_queries
 
         done = generate_queries(run_dir, data_dir, split, out_path, num_beams, max_new_tokens, batch_size,
                                 max_users, constrained=constrained, trie_path=trie_path)

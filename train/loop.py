@@ -17,15 +17,14 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError, require
-from gloss.edge.files import follow_umask, sha256_file, write_json_atomic
+from gloss.edge.files import sha256_file, write_json_atomic
+from gloss.edge.outdir import atomic_dir
 from gloss.edge.splits import Split
 from gloss.train.config import TrainConfig
 from gloss.train.data import MANIFEST_NAME, gloss_version, read_manifest
@@ -40,6 +39,7 @@ from gloss.train.loss import install_completion_loss
 from gloss.train.model import add_lora, load_base_model, resolve_base_model, token_policy, use_bf16
 from gloss.train.packing import PackingCollator, check_pack_length
 from gloss.train.schedule import (
+    ADAPTER_MARKER,
     BestAdapterCallback,
     StepPlan,
     TimeBudgetCallback,
@@ -297,17 +297,10 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
 
 
 def _save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:
-    """Save the adapter and tokenizer into a temp folder beside ``adapter_dir``, then swap it in."""
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=adapter_dir.parent))
-    follow_umask(tmp, directory=True)  # mkdtemp makes it 0700; the adapter is read by other users' services
-    try:
+    """Save the adapter and tokenizer into a work folder beside ``adapter_dir``, then swap it in."""
+    with atomic_dir(adapter_dir, marker=ADAPTER_MARKER) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        os.replace(tmp, adapter_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _versions() -> dict[str, str | None]:

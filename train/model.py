@@ -1,6 +1,6 @@
 """Load the base model and tokenizer for QLoRA (NF4 4-bit, or fp32 for CPU tests) and wrap it in LoRA.
 
-Loading from a HF folder, hub id or ``.gguf`` file goes through :func:`gloss.export.merge.load_causal_lm`;
+Loading from a HF folder, hub id or ``.gguf`` file goes through :func:`gloss.export.hf_models.load_causal_lm`;
 4-bit loading of a GGUF base first writes the dequantized model as a HF folder (bitsandbytes quantizes at
 ``from_pretrained`` time only).
 """
@@ -50,7 +50,7 @@ def resolve_base_model(base_model: str | None) -> str:
     Raises:
         InputError: If the default is requested but the package is not installed.
     """
-    from gloss.export.merge import default_base_gguf
+    from gloss.export.hf_models import default_base_gguf
 
     return str(base_model) if base_model else str(default_base_gguf())
 
@@ -104,7 +104,7 @@ def load_base_model(config: TrainConfig, source: str) -> tuple[Any, Any]:
     """
     import torch
 
-    from gloss.export.merge import load_causal_lm, resolve_model_source
+    from gloss.export.hf_models import load_causal_lm, resolve_model_source
 
     compute_dtype = torch.bfloat16 if use_bf16(config) else torch.float32
     if not config.load_in_4bit:
@@ -143,7 +143,7 @@ def gguf_as_hf_dir(source: str, hf_dir: Path, dtype: Any) -> Path:
     Returns:
         ``hf_dir``.
     """
-    from gloss.export.merge import load_causal_lm
+    from gloss.export.hf_models import load_causal_lm
 
     marker = hf_dir / "gloss_source.txt"
     if marker.is_file() and marker.read_text(encoding="utf-8") == str(Path(source).resolve()):

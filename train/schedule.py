@@ -15,7 +15,6 @@ import logging
 import math
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError, require
+from gloss.edge.outdir import atomic_dir
 
 logger = logging.getLogger(__name__)
 
 transformers = require("transformers", "train")
 
 PLAN_NAME = "plan.json"
+ADAPTER_MARKER = "adapter_config.json"  # what makes a folder an adapter that may be replaced
 # Share of the remaining budget kept free for checkpoint saves, the final adapter copy and timing jitter.
 SAFETY_MARGIN = 0.1
 WARMUP_SHARE = 0.1  # a planned run warms the learning rate up for at most this share of its steps
@@ -222,14 +223,7 @@ class BestAdapterCallback(transformers.TrainerCallback):
 
 def copy_adapter(checkpoint: Path, adapter_dir: Path) -> None:
     """Copy a checkpoint's adapter and tokenizer files (not the optimizer state) into ``adapter_dir``, atomically."""
-    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=adapter_dir.parent))
-    try:
+    with atomic_dir(adapter_dir, marker=ADAPTER_MARKER) as tmp:
         for path in checkpoint.iterdir():
             if path.is_file() and path.name not in _STATE_FILES and not path.name.startswith("rng_state"):
                 shutil.copy2(path, tmp / path.name)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        tmp.rename(adapter_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

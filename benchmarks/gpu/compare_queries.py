@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gloss.edge.catalog import load_catalog
 from gloss.edge.files import read_jsonl, write_json_atomic
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
+from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator
 from gloss.edge.recommend import query_text
 
 

@@ -22,7 +22,7 @@ def make_smoke_gguf(out_path: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from gloss.export.gguf import write_gguf
-    from gloss.export.merge import align_tokenizer_with_gguf, default_base_gguf
+    from gloss.export.hf_models import align_tokenizer_with_gguf, default_base_gguf
 
     base = default_base_gguf()
     tokenizer = AutoTokenizer.from_pretrained(base.parent, gguf_file=base.name)

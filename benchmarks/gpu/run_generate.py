@@ -47,7 +47,7 @@ def main() -> None:
     ns = parser.parse_args()
     setup_logging()
     logging.getLogger("gloss.benchmarks").setLevel(logging.INFO)
-    from gloss.train import evaluate
+    from gloss.train import generate as evaluate
 
     # Load once for both splits: generate_queries looks the loader up in its module at call time.
     evaluate.load_for_generation = functools.lru_cache(maxsize=1)(evaluate.load_for_generation)

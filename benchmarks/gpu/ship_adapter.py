@@ -22,7 +22,8 @@ from safetensors.numpy import load_file, save_file
 
 from gloss.edge.files import read_jsonl, sha256_file, write_json_atomic
 from gloss.export.generator import ADAPTER_INFO, ADAPTER_WEIGHTS
-from gloss.export.merge import ADAPTER_CONFIG, RUN_MANIFEST, default_base_gguf
+from gloss.export.hf_models import default_base_gguf
+from gloss.export.merge import ADAPTER_CONFIG, RUN_MANIFEST
 
 # PEFT LoRA fields the shipped config keeps (the rest are defaults or null in the run's config).
 LORA_FIELDS = (

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from gloss.edge.beam import BeamSettings
-from gloss.edge.beam_batch import BatchedBeamSearch, BatchLimits, SearchStats
-from gloss.edge.kvcache import PrefixCache
+from gloss.edge.generation.beam import BeamSettings
+from gloss.edge.generation.beam_batch import BatchedBeamSearch, BatchLimits, SearchStats
+from gloss.edge.generation.kvcache import PrefixCache
 
 VOCAB = 16
 SETTINGS = BeamSettings(num_beams=3, max_new_tokens=6, stop_token_ids=frozenset({0}), early_stopping=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gloss.edge.beam import NEG_INF, Beams, BeamSettings, beam_step, log_softmax
+from gloss.edge.generation.beam import NEG_INF, Beams, BeamSettings, beam_step, log_softmax
 
 
 def reference_step(beams: Beams, log_probs: np.ndarray, settings: BeamSettings) -> tuple[Beams, tuple[int, ...]]:

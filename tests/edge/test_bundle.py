@@ -15,24 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gloss.edge.bundle import (
-    CATALOG_FILE,
-    EMBEDDER_DIR,
-    FORMAT_VERSION,
-    INDEX_FILE,
-    MANIFEST_NAME,
-    file_entries,
-    load_bundle,
-)
+from gloss.edge.bundle import CATALOG_FILE, EMBEDDER_DIR, INDEX_FILE, load_bundle
 from gloss.edge.catalog import load_catalog
 from gloss.edge.embed import CONFIG_NAME
 from gloss.edge.errors import InputError
-from gloss.edge.files import WRITER_FILE, remove_stale_temp_dirs, writer_is_gone, writer_record
 from gloss.edge.index import ItemIndex
+from gloss.edge.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entries
+from gloss.edge.outdir import LEGACY_WRITER_FILE, writer_record
 from gloss.edge.prompt import PROMPT_TEMPLATE, render_item
 from gloss.export.bundle import build_bundle
 from tests.conftest import FIXTURES
-from tests.edge.test_embed import write_tiny_embedder
+from tests.fakes import write_tiny_embedder
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
 
@@ -227,12 +220,12 @@ def tiny_embedder_dir(built_bundle: Path) -> Path:
 
 
 def _temp_dir_with_record(target: Path, changes: dict) -> Path:
-    """A temp folder as ``atomic_dir`` makes it (``.NAME.<random>.tmp``), its writer record edited."""
+    """A temp folder as gloss before stop 14 made it (``.NAME.<random>.tmp``, the record inside), the record edited."""
     record = {**writer_record(target), **changes}
     folder = target.parent / f".{record['target']}.k9x_2.tmp"  # '.beauty.v2.*.tmp' also matches '.beauty.*.tmp'
     folder.mkdir()
     (folder / "index.usearch").write_bytes(b"half-written")
-    (folder / WRITER_FILE).write_text(json.dumps(record), encoding="utf-8")
+    (folder / LEGACY_WRITER_FILE).write_text(json.dumps(record), encoding="utf-8")
     return folder
 
 
@@ -267,28 +260,9 @@ def test_next_build_removes_only_temp_folders_whose_writer_is_gone(
     assert stale.exists() is not removed
     assert no_record.exists()
     assert load_bundle(target).catalog == load_catalog(CATALOG_PATH)
-    assert not (target / WRITER_FILE).exists()
+    assert not list(target.rglob("*.writer")) and not (target / LEGACY_WRITER_FILE).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["beauty", no_record.name] + ([] if removed else [stale.name]))
-
-
-def test_temp_folder_of_a_killed_build_is_removed_by_the_next_one(tmp_path: Path) -> None:
-    """A real ``kill -9`` inside ``atomic_dir``: the folder it leaves names a writer that is gone."""
-    target = tmp_path / "beauty"
-    code = f"""
-import os, signal
-from pathlib import Path
-from gloss.edge.bundle import atomic_dir
-with atomic_dir(Path({str(target)!r}), marker="gloss_bundle.json") as tmp:
-    (tmp / "index.usearch").write_bytes(b"x" * 1000)
-    os.kill(os.getpid(), signal.SIGKILL)
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
-    assert result.returncode == -9
-    (left,) = tmp_path.glob(".beauty.*.tmp")
-    assert writer_is_gone(json.loads((left / WRITER_FILE).read_text(encoding="utf-8")))
-    assert remove_stale_temp_dirs(target) == [left]
-    assert not left.exists()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
@@ -352,7 +326,7 @@ def test_a_file_that_is_not_an_npz_is_not_co_purchase_statistics(tmp_path: Path)
 
 
 def test_a_folder_is_not_a_gguf(tmp_path: Path) -> None:
-    from gloss.edge.gguf_header import check_gguf
+    from gloss.edge.generation.gguf_header import check_gguf
 
     with pytest.raises(InputError, match="is a directory; expected a .gguf file"):
         check_gguf(tmp_path)

@@ -16,25 +16,16 @@ from gloss.edge.bundle import MANIFEST_NAME
 from gloss.edge.catalog import load_catalog
 from gloss.edge.cli import app
 from gloss.edge.files import read_jsonl
-from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
-from gloss.edge.serve import handle_request, make_server
+from gloss.edge.server.app import handle_request
+from gloss.edge.server.transport import make_server
 from gloss.edge.splits import Split, load_sequences, make_examples
-from gloss.export.bundle import build_bundle
 from tests.conftest import FIXTURES
-from tests.edge.test_embed import write_tiny_embedder
+from tests.fakes import error_line
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
 SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    texts = [render_item(t) for t in load_catalog(CATALOG_PATH).titles]
-    embedder = write_tiny_embedder(root / "embedder", texts=texts)
-    return build_bundle(CATALOG_PATH, root / "bundle", embedder_dir=embedder, name="beauty")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +37,6 @@ def invoke(*args: str, input: str | None = None):
     return runner.invoke(app, [str(a) for a in args], input=input)
 
 
-def error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 def test_help_lists_the_commands():
     result = invoke("--help")
     assert result.exit_code == 0
@@ -59,23 +44,23 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
-def test_recommend_last_item_json(bundle_dir: Path, example):
+def test_recommend_last_item_json(tiny_bundle: Path, example):
     items = [x for asin in example.history for x in ("--item", asin)]
-    result = invoke("recommend", bundle_dir, "--last-item", "--include-seen", "--json", "-k", "7", *items)
+    result = invoke("recommend", tiny_bundle, "--last-item", "--include-seen", "--json", "-k", "7", *items)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert len(out["items"]) == 7
     assert out["items"][0]["asin"] == example.history[-1]  # itself included on request
-    default = json.loads(invoke("recommend", bundle_dir, "--last-item", "--json", "-k", "7", *items).stdout)
+    default = json.loads(invoke("recommend", tiny_bundle, "--last-item", "--json", "-k", "7", *items).stdout)
     assert not {item["asin"] for item in default["items"]} & set(example.history)  # removed by default
     scores = [item["score"] for item in out["items"]]
     assert scores == sorted(scores, reverse=True)
 
 
-def test_recommend_reads_titles_from_stdin_and_drops_seen(bundle_dir: Path, example):
+def test_recommend_reads_titles_from_stdin_and_drops_seen(tiny_bundle: Path, example):
     catalog = load_catalog(CATALOG_PATH)
     titles = "\n".join(catalog.title(a) for a in example.history)
-    result = invoke("recommend", bundle_dir, "--last-item", "--exclude-seen", "--json", "--history", "-", input=titles)
+    result = invoke("recommend", tiny_bundle, "--last-item", "--exclude-seen", "--json", "--history", "-", input=titles)
     assert result.exit_code == 0, result.output
     assert not {item["asin"] for item in json.loads(result.stdout)["items"]} & set(example.history)
 
@@ -96,15 +81,15 @@ def test_recommend_reads_titles_from_stdin_and_drops_seen(bundle_dir: Path, exam
         (["--last-item", "--history", "-"], '["B000",', "starts with '[' but is not a JSON list"),
     ],
 )
-def test_recommend_bad_input_gives_one_error_line(bundle_dir: Path, args, stdin, message):
-    result = invoke("recommend", bundle_dir, *args, input=stdin)
+def test_recommend_bad_input_gives_one_error_line(tiny_bundle: Path, args, stdin, message):
+    result = invoke("recommend", tiny_bundle, *args, input=stdin)
     assert result.exit_code == 2
     assert message in error_line(result)
 
 
-def test_recommend_rejects_a_tampered_bundle(bundle_dir: Path, tmp_path: Path):
+def test_recommend_rejects_a_tampered_bundle(tiny_bundle: Path, tmp_path: Path):
     broken = tmp_path / "broken"
-    shutil.copytree(bundle_dir, broken)
+    shutil.copytree(tiny_bundle, broken)
     with open(broken / "index.usearch", "r+b") as handle:
         handle.seek(-8, 2)
         handle.write(b"\xff" * 8)
@@ -122,7 +107,7 @@ def test_recommend_rejects_a_folder_that_is_not_a_bundle(tmp_path: Path):
     assert MANIFEST_NAME in error_line(result)
 
 
-def test_eval_queries_file_json_report(bundle_dir: Path, tmp_path: Path):
+def test_eval_queries_file_json_report(tiny_bundle: Path, tmp_path: Path):
     catalog = load_catalog(CATALOG_PATH)
     examples = list(make_examples(load_sequences(SEQUENCES_PATH), Split.test, frozenset()))
     rows = [{"user": e.user, "history": list(e.history), "target": e.target,
@@ -130,7 +115,7 @@ def test_eval_queries_file_json_report(bundle_dir: Path, tmp_path: Path):
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "report.json"
-    result = invoke("eval", bundle_dir, "--queries", queries, "--json", "--out", out)
+    result = invoke("eval", tiny_bundle, "--queries", queries, "--json", "--out", out)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["metrics"]["all"]["users"] == len(rows)
@@ -139,21 +124,21 @@ def test_eval_queries_file_json_report(bundle_dir: Path, tmp_path: Path):
     assert json.loads(out.read_text()) == report
 
 
-def test_eval_last_item_table(bundle_dir: Path):
-    result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--exclude-seen")
+def test_eval_last_item_table(tiny_bundle: Path):
+    result = invoke("eval", tiny_bundle, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--exclude-seen")
     assert result.exit_code == 0, result.output
     assert "recall@5" in result.stdout and "power" in result.stdout
 
 
-def test_eval_saved_queries_score_the_same_when_read_back(bundle_dir: Path, tmp_path: Path):
+def test_eval_saved_queries_score_the_same_when_read_back(tiny_bundle: Path, tmp_path: Path):
     saved = tmp_path / "saved.jsonl.gz"
-    first = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--per-query", "1",
+    first = invoke("eval", tiny_bundle, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--per-query", "1",
                    "--save-queries", saved, "--json")
     assert first.exit_code == 0, first.output
     rows = list(read_jsonl(saved))
     catalog = load_catalog(CATALOG_PATH)
     assert all(r["queries"] == [f"Title: {catalog.title(r['history'][-1])}"] for r in rows)
-    again = invoke("eval", bundle_dir, "--queries", saved, "--json")
+    again = invoke("eval", tiny_bundle, "--queries", saved, "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["metrics"] == json.loads(first.stdout)["metrics"] and len(rows) > 10
 
@@ -167,19 +152,19 @@ def test_eval_saved_queries_score_the_same_when_read_back(bundle_dir: Path, tmp_
         (["--queries", FIXTURES / "beauty_items.jsonl"], "lacks field"),
     ],
 )
-def test_eval_bad_input(bundle_dir: Path, args, message):
-    result = invoke("eval", bundle_dir, *args)
+def test_eval_bad_input(tiny_bundle: Path, args, message):
+    result = invoke("eval", tiny_bundle, *args)
     assert result.exit_code == 2
     assert message in error_line(result)
 
 
-def test_eval_rejects_unknown_source(bundle_dir: Path):
-    result = invoke("eval", bundle_dir, "--source", "magic")
+def test_eval_rejects_unknown_source(tiny_bundle: Path):
+    result = invoke("eval", tiny_bundle, "--source", "magic")
     assert result.exit_code == 2
 
 
-def test_handle_request_answers_and_rejects(bundle_dir: Path, example):
-    recommender = Recommender.load(bundle_dir, use_generator=False)
+def test_handle_request_answers_and_rejects(tiny_bundle: Path, example):
+    recommender = Recommender.load(tiny_bundle, use_generator=False)
     status, reply = handle_request(recommender, json.dumps({"history": list(example.history), "k": 3}).encode())
     assert status == 200 and len(reply["items"]) == 3
     for body, message in [(b"{", "not JSON"), (b'{"history": "x"}', "'history'"),
@@ -190,8 +175,8 @@ def test_handle_request_answers_and_rejects(bundle_dir: Path, example):
 
 
 @pytest.mark.allow_hosts(["127.0.0.1"])
-def test_server_round_trip_on_loopback(bundle_dir: Path, example):
-    server = make_server(Recommender.load(bundle_dir, use_generator=False), "127.0.0.1", 0)
+def test_server_round_trip_on_loopback(tiny_bundle: Path, example):
+    server = make_server(Recommender.load(tiny_bundle, use_generator=False), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -205,15 +190,6 @@ def test_server_round_trip_on_loopback(bundle_dir: Path, example):
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def fusion_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gloss.export.bundle import add_fusion
-
-    out = tmp_path_factory.mktemp("fusion") / "bundle"
-    shutil.copytree(bundle_dir, out)
-    return add_fusion(out, SEQUENCES_PATH, holdout=1)
 
 
 def test_recommend_uses_fusion_when_the_bundle_has_it(fusion_bundle: Path, example):
@@ -253,19 +229,19 @@ def test_eval_fusion_matches_the_ranker_and_refuses_leaky_statistics(fusion_bund
     assert "--holdout 2" in error_line(leaky)
 
 
-def test_eval_fusion_needs_statistics(bundle_dir: Path):
-    result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion")
+def test_eval_fusion_needs_statistics(tiny_bundle: Path):
+    result = invoke("eval", tiny_bundle, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion")
     assert result.exit_code == 2
     assert "gloss-export fusion" in error_line(result)
 
 
 @pytest.mark.slow
-def test_bundle_generator_end_to_end(bundle_dir: Path, smollm2_gguf_path: Path, tmp_path: Path, example):
+def test_bundle_generator_end_to_end(tiny_bundle: Path, smollm2_gguf_path: Path, tmp_path: Path, example):
     """The real SmolLM2 GGUF in a bundle: recommend writes 5 beams' titles, eval --source bundle scores users."""
     from gloss.export.bundle import add_generator
 
     out = tmp_path / "llm"
-    shutil.copytree(bundle_dir, out)
+    shutil.copytree(tiny_bundle, out)
     add_generator(out, smollm2_gguf_path)
     result = invoke("recommend", out, "--json", "-k", "3", *[x for a in example.history for x in ("--item", a)])
     assert result.exit_code == 0, result.output
@@ -288,53 +264,54 @@ def test_bundle_generator_end_to_end(bundle_dir: Path, smollm2_gguf_path: Path, 
         (b'["B000", "\xc3"]', 10, 1),  # truncated UTF-8 sequence
     ],
 )
-def test_recommend_names_the_byte_offset_of_non_utf8_history(bundle_dir: Path, tmp_path: Path, data, offset, line):
+def test_recommend_names_the_byte_offset_of_non_utf8_history(tiny_bundle: Path, tmp_path: Path, data, offset, line):
     path = tmp_path / "history.txt"
     path.write_bytes(data)
     assert data[offset] >= 0x80  # the reference: the first byte that cannot start or continue UTF-8 here
-    result = invoke("recommend", bundle_dir, "--last-item", "--history", path)
+    result = invoke("recommend", tiny_bundle, "--last-item", "--history", path)
     assert result.exit_code == 2
     assert error_line(result) == (f"Error: {path}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset "
                                   f"{offset} (line {line}); save the file as UTF-8")
 
 
-def test_recommend_non_utf8_stdin_and_utf8_bom(bundle_dir: Path, example):
-    result = runner.invoke(app, ["recommend", str(bundle_dir), "--last-item", "--history", "-"], input=b"ok\n\x80")
+def test_recommend_non_utf8_stdin_and_utf8_bom(tiny_bundle: Path, example):
+    result = runner.invoke(app, ["recommend", str(tiny_bundle), "--last-item", "--history", "-"], input=b"ok\n\x80")
     assert result.exit_code == 2
     assert "<stdin>: not UTF-8 text: byte 0x80 at byte offset 3 (line 2)" in error_line(result)
     with_bom = "\ufeff" + "\n".join(example.history)  # Windows editors add one; it is not part of the id
-    result = runner.invoke(app, ["recommend", str(bundle_dir), "--last-item", "--json", "--history", "-"],
+    result = runner.invoke(app, ["recommend", str(tiny_bundle), "--last-item", "--json", "--history", "-"],
                            input=with_bom.encode("utf-8"))
     assert result.exit_code == 0, result.output
 
 
-def test_recommend_refuses_item_and_history_together(bundle_dir: Path, example, tmp_path: Path):
+def test_recommend_refuses_item_and_history_together(tiny_bundle: Path, example, tmp_path: Path):
     path = tmp_path / "history.txt"
     path.write_text("\n".join(example.history), encoding="utf-8")
-    result = invoke("recommend", bundle_dir, "--last-item", "-i", example.history[0], "--history", path)
+    result = invoke("recommend", tiny_bundle, "--last-item", "-i", example.history[0], "--history", path)
     assert result.exit_code == 2
     assert "either as --item ITEM (repeatable) or as --history FILE, not both" in error_line(result)
     command = typer.main.get_command(app).commands["recommend"]  # --help says so (its box wraps the text)
     assert "not with --history" in next(p.help for p in command.params if "--item" in p.opts)
 
 
-def test_recommend_refuses_a_directory_as_history(bundle_dir: Path, tmp_path: Path):
-    result = invoke("recommend", bundle_dir, "--last-item", "--history", tmp_path)
+def test_recommend_refuses_a_directory_as_history(tiny_bundle: Path, tmp_path: Path):
+    result = invoke("recommend", tiny_bundle, "--last-item", "--history", tmp_path)
     assert result.exit_code == 2
     assert error_line(result) == f"Error: {tmp_path}: is a directory; expected a history file"
 
 
 @pytest.fixture
-def bundle_with_generator(bundle_dir: Path, tmp_path: Path) -> Path:
+def bundle_with_generator(tiny_bundle: Path, tmp_path: Path) -> Path:
     """A copy of the bundle whose manifest lists a generator (the GGUF bytes are never read in these tests)."""
-    return with_fake_generator(bundle_dir, tmp_path / "with-generator")
+    return with_fake_generator(tiny_bundle, tmp_path / "with-generator")
 
 
-def with_fake_generator(bundle_dir: Path, out: Path) -> Path:
+def with_fake_generator(tiny_bundle: Path, out: Path) -> Path:
     """Copy a bundle to ``out`` and list a generator in its manifest (its bytes are not a model)."""
-    from gloss.edge.bundle import GENERATOR_FILE, file_entries
+    from gloss.edge.bundle import GENERATOR_FILE
+    from gloss.edge.manifest import file_entries
 
-    out = Path(shutil.copytree(bundle_dir, out))
+    out = Path(shutil.copytree(tiny_bundle, out))
     (out / GENERATOR_FILE).parent.mkdir()
     (out / GENERATOR_FILE).write_bytes(b"GGUF not a real model")
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
@@ -356,7 +333,7 @@ def with_fake_generator(bundle_dir: Path, out: Path) -> Path:
 def test_recommend_checks_the_history_before_loading_the_llm(
     bundle_with_generator: Path, monkeypatch: pytest.MonkeyPatch, args, stdin, message
 ):
-    from gloss.edge.generate import LlamaCppGenerator
+    from gloss.edge.generation.generate import LlamaCppGenerator
 
     def must_not_load(*_args, **_kwargs):
         raise AssertionError("the LLM was loaded before the history was checked")
@@ -372,7 +349,7 @@ def test_recommend_loads_the_llm_once_the_history_is_valid(
 ):
     """Control for the test above: the patched loader is the one `recommend` calls."""
     from gloss.edge.errors import InputError
-    from gloss.edge.generate import LlamaCppGenerator
+    from gloss.edge.generation.generate import LlamaCppGenerator
 
     calls = []
 
@@ -396,8 +373,8 @@ def test_recommend_loads_the_llm_once_the_history_is_valid(
         (["--history"], "Option '--history' requires an argument."),
     ],
 )
-def test_option_errors_are_one_error_line(bundle_dir: Path, args, message):
-    result = invoke("recommend", bundle_dir, "--last-item", "--item", "x", *args)
+def test_option_errors_are_one_error_line(tiny_bundle: Path, args, message):
+    result = invoke("recommend", tiny_bundle, "--last-item", "--item", "x", *args)
     assert result.exit_code == 2
     line = error_line(result)
     assert line.startswith(f"Error: {message}")
@@ -405,12 +382,12 @@ def test_option_errors_are_one_error_line(bundle_dir: Path, args, message):
     assert "╭" not in result.output and "Usage:" not in result.output
 
 
-def test_bundle_that_is_a_file_or_has_a_bad_manifest_is_one_error_line(bundle_dir: Path, tmp_path: Path):
+def test_bundle_that_is_a_file_or_has_a_bad_manifest_is_one_error_line(tiny_bundle: Path, tmp_path: Path):
     result = invoke("recommend", CATALOG_PATH, "--last-item", "--item", "x")
     assert result.exit_code == 2 and "not a directory but a file" in error_line(result)
     result = invoke("recommend", tmp_path / "nope", "--last-item", "--item", "x")
     assert result.exit_code == 2 and "nope: no such folder; build a bundle" in error_line(result)
-    broken = Path(shutil.copytree(bundle_dir, tmp_path / "broken"))
+    broken = Path(shutil.copytree(tiny_bundle, tmp_path / "broken"))
     manifest = json.loads((broken / MANIFEST_NAME).read_text(encoding="utf-8"))
     manifest["files"]["catalog.jsonl.gz"] = "sha256:abc"
     (broken / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
@@ -431,12 +408,12 @@ def test_bundle_that_is_a_file_or_has_a_bad_manifest_is_one_error_line(bundle_di
         ("--sequences", b'{"user": "u1", "items": ["\x91a\x92"]}\n', 1),
     ],
 )
-def test_eval_names_the_byte_offset_of_non_utf8_input(bundle_dir: Path, tmp_path: Path, option, data, line):
+def test_eval_names_the_byte_offset_of_non_utf8_input(tiny_bundle: Path, tmp_path: Path, option, data, line):
     path = tmp_path / "input.jsonl"
     path.write_bytes(data)
     offset = next(i for i, byte in enumerate(data) if byte >= 0x80)
     args = ["--source", "last-item"] if option == "--sequences" else []
-    result = invoke("eval", bundle_dir, *args, option, path)
+    result = invoke("eval", tiny_bundle, *args, option, path)
     assert result.exit_code == 2
     assert f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line})" in (
         error_line(result))
@@ -479,7 +456,7 @@ def test_recommend_runs_the_llm_only_when_it_can_change_the_ranking(
 ):
     from gloss.edge.errors import InputError
     from gloss.edge.fusion import FusionConfig
-    from gloss.edge.generate import LlamaCppGenerator
+    from gloss.edge.generation.generate import LlamaCppGenerator
 
     bundle = with_fake_generator(fusion_bundle, tmp_path / "llm-fusion")
     monkeypatch.setattr(FusionConfig, "uses_llm", property(lambda self: llm_weight > 0))
@@ -496,14 +473,14 @@ def test_recommend_runs_the_llm_only_when_it_can_change_the_ranking(
         assert "query:" not in result.output
 
 
-def test_recommend_without_a_generator_falls_back_to_last_item_search(bundle_dir: Path, example):
-    auto = invoke("recommend", bundle_dir, "--item", example.history[-1], "--json")
-    last_item = invoke("recommend", bundle_dir, "--last-item", "--item", example.history[-1], "--json")
+def test_recommend_without_a_generator_falls_back_to_last_item_search(tiny_bundle: Path, example):
+    auto = invoke("recommend", tiny_bundle, "--item", example.history[-1], "--json")
+    last_item = invoke("recommend", tiny_bundle, "--last-item", "--item", example.history[-1], "--json")
     assert auto.exit_code == 0 and json.loads(auto.stdout) == json.loads(last_item.stdout)
 
 
-def test_recommend_refuses_last_item_with_llm(bundle_dir: Path, example):
-    result = invoke("recommend", bundle_dir, "--last-item", "--llm", "--item", example.history[-1])
+def test_recommend_refuses_last_item_with_llm(tiny_bundle: Path, example):
+    result = invoke("recommend", tiny_bundle, "--last-item", "--llm", "--item", example.history[-1])
     assert result.exit_code == 2 and "not with --llm" in error_line(result)
 
 

@@ -11,70 +11,7 @@ import pytest
 
 from gloss.edge.embed import CONFIG_NAME, MODEL_NAME, TOKENIZER_NAME, Embedder, OnnxEmbedder
 from gloss.edge.errors import InputError
-
-TINY_DIM = 16
-TINY_MAX_LENGTH = 12
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-TEXTS = [
-    "Title: Neutrogena T-Gel Shampoo",
-    "Title: DHS Clear Shampoo 8 Fl Oz",
-    "shampoo",
-    "Title: Alpha Hydrox Foaming Face Wash -- 6 fl oz for dry and oily skin",
-    "",
-    "Title: an unknown zzyzx word",
-]
-
-
-def tiny_vocab(texts: Sequence[str]) -> dict[str, int]:
-    """Special tokens, then every lower-cased whitespace word of ``texts``."""
-    words = sorted({word.lower() for text in texts for word in text.split()})
-    return {token: i for i, token in enumerate(SPECIALS + words)}
-
-
-def write_tiny_embedder(
-    out_dir: Path, texts: Sequence[str] = TEXTS, dim: int = TINY_DIM, seed: int = 0
-) -> Path:
-    """Write an embedder folder: a WordLevel tokenizer and an ONNX graph ``tanh(E[input_ids])``.
-
-    Returns:
-        ``out_dir`` (model.onnx, tokenizer.json, gloss_embedder.json).
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    vocab = tiny_vocab(texts)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
-    )
-    table = np.random.default_rng(seed).standard_normal((len(vocab), dim)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gather", ["table", "input_ids"], ["gathered"], axis=0),
-            helper.make_node("Tanh", ["gathered"], ["last_hidden_state"]),
-        ],
-        "tiny-encoder",
-        inputs=[
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-        ],
-        outputs=[
-            helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", dim])
-        ],
-        initializer=[numpy_helper.from_array(table, "table")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out_dir / MODEL_NAME))
-    tokenizer.save(str(out_dir / TOKENIZER_NAME))
-    config = {"dim": dim, "max_length": TINY_MAX_LENGTH, "pooling": "mean", "normalize": True,
-              "source": "tiny-test-encoder", "int8": False, "pad_id": vocab["[PAD]"]}  # fmt: skip
-    (out_dir / CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
-    return out_dir
+from tests.fakes import TEXTS, TINY_DIM, TINY_MAX_LENGTH, tiny_vocab, write_tiny_embedder  # noqa: F401
 
 
 def reference_embed(model_dir: Path, texts: Sequence[str]) -> np.ndarray:

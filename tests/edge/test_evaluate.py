@@ -223,7 +223,7 @@ def test_holdout_guard_checks_the_sequences_file_hash(tmp_path):
 
 def test_recommender_passes_beam_scores_and_constrained_items_to_fusion(world):
     from gloss.edge.fusion import FusionConfig, FusionRanker, QuerySignals
-    from gloss.edge.generate import GeneratedQuery
+    from gloss.edge.generation.generate import GeneratedQuery
     from gloss.edge.recommend import Recommender, embed_queries, item_texts, query_text
     from gloss.export.copurchase import build_copurchase
 

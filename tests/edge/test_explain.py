@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,7 @@ from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.splits import Split, load_sequences, make_examples
 from gloss.export.bundle import add_fusion
-from tests.conftest import FIXTURES
-from tests.edge.conftest import build_tiny_bundle
+from tests.conftest import FIXTURES, copy_bundle
 from tests.fakes import ScriptedGenerator
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
@@ -29,10 +27,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def explain_root(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("explain")
-    plain = build_tiny_bundle(root, "plain")
-    shutil.copytree(plain, root / "fusion")
+    copy_bundle(tiny_bundle, root / "plain")
+    copy_bundle(tiny_bundle, root / "fusion")
     add_fusion(root / "fusion", SEQUENCES_PATH, holdout=1, config=FusionConfig(query_weight=1.0))  # a query part
     return root
 
@@ -42,24 +40,24 @@ def examples():
     return list(make_examples(load_sequences(SEQUENCES_PATH), Split.test, frozenset()))[:6]
 
 
-def recommender(bundle_dir: Path, fusion: bool, generated: list[list[str]] | None = None) -> Recommender:
-    bundle = load_bundle(bundle_dir / ("fusion" if fusion else "plain"))
+def recommender(explain_root: Path, fusion: bool, generated: list[list[str]] | None = None) -> Recommender:
+    bundle = load_bundle(explain_root / ("fusion" if fusion else "plain"))
     index = bundle.open_index()
     generator = ScriptedGenerator(*generated) if generated else None
     return Recommender(bundle.catalog, bundle.open_embedder(), index, generator,
                        bundle.open_fusion(index) if fusion else None)
 
 
-def generated_titles(bundle_dir: Path, user: int) -> list[str]:
+def generated_titles(explain_root: Path, user: int) -> list[str]:
     titles = load_catalog(CATALOG_PATH).titles
     return [titles[(user * 11 + j * 37) % len(titles)] + " Set" for j in range(3)]
 
 
 @pytest.mark.parametrize("with_llm", [False, True])
-def test_fusion_parts_add_up_to_the_score_and_match_the_features(bundle_dir, examples, with_llm):
+def test_fusion_parts_add_up_to_the_score_and_match_the_features(explain_root, examples, with_llm):
     for user, example in enumerate(examples):
-        queries = [generated_titles(bundle_dir, user)] if with_llm else None
-        rec = recommender(bundle_dir, fusion=True, generated=queries)
+        queries = [generated_titles(explain_root, user)] if with_llm else None
+        rec = recommender(explain_root, fusion=True, generated=queries)
         result = rec.recommend(list(example.history), k=10, explain=True)
         assert result.explanations is not None and len(result.explanations) == len(result.items)
         ranker, catalog = rec.fusion, rec.catalog
@@ -88,10 +86,10 @@ def test_fusion_parts_add_up_to_the_score_and_match_the_features(bundle_dir, exa
 
 
 @pytest.mark.parametrize("with_llm", [False, True])
-def test_paper_rule_part_is_the_similarity_to_one_query(bundle_dir, examples, with_llm):
+def test_paper_rule_part_is_the_similarity_to_one_query(explain_root, examples, with_llm):
     example = examples[0]
-    queries = [generated_titles(bundle_dir, 0)] if with_llm else None
-    rec = recommender(bundle_dir, fusion=False, generated=queries)
+    queries = [generated_titles(explain_root, 0)] if with_llm else None
+    rec = recommender(explain_root, fusion=False, generated=queries)
     result = rec.recommend(list(example.history), k=8, explain=True)
     titles = queries[0] if queries else [rec.catalog.title(example.history[-1])]
     query_vectors = rec.embedder.embed([render_item(t) for t in titles])
@@ -113,15 +111,16 @@ def test_describe_lists_nonzero_parts_largest_first_with_sources():
     assert Explanation({"query": 0.0}).describe() == "no signal"
 
 
-def test_cli_explain_json_and_lines(bundle_dir, examples):
+def test_cli_explain_json_and_lines(explain_root, examples):
     args = [x for asin in examples[0].history for x in ("--item", asin)]
-    result = runner.invoke(app, ["recommend", str(bundle_dir / "fusion"), "--last-item", "--json", "--explain", *args])
+    result = runner.invoke(app, ["recommend", str(explain_root / "fusion"), "--last-item", "--json", "--explain",
+                                 *args])
     assert result.exit_code == 0, result.output
     items = json.loads(result.stdout)["items"]
     assert items and all(sum(i["explanation"]["parts"].values()) == pytest.approx(i["score"]) for i in items)
     assert set(items[0]["explanation"]) == {"parts", "sources", "source_ids"}
-    plain = runner.invoke(app, ["recommend", str(bundle_dir / "fusion"), "--last-item", "--json", *args])
+    plain = runner.invoke(app, ["recommend", str(explain_root / "fusion"), "--last-item", "--json", *args])
     assert "explanation" not in json.loads(plain.stdout)["items"][0]
-    lines = runner.invoke(app, ["recommend", str(bundle_dir / "fusion"), "--last-item", "--explain", *args])
+    lines = runner.invoke(app, ["recommend", str(explain_root / "fusion"), "--last-item", "--explain", *args])
     assert lines.exit_code == 0 and lines.stdout.count("\n     = ") == len(items)
     assert "text " in lines.stdout

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gloss.edge.beam import Beams, BeamSettings, beam_step, log_softmax, run_beam_search
 from gloss.edge.errors import InputError
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator
-from gloss.edge.gguf_header import check_gguf
+from gloss.edge.generation.beam import Beams, BeamSettings, beam_step, log_softmax, run_beam_search
+from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator
+from gloss.edge.generation.gguf_header import check_gguf
 from gloss.edge.prompt import build_prompt, parse_generated
 
 HISTORY = [

@@ -18,16 +18,16 @@ pytest.importorskip("llama_cpp")
 
 from gloss.edge.catalog import load_catalog  # noqa: E402
 from gloss.edge.errors import InputError  # noqa: E402
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator  # noqa: E402
+from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator  # noqa: E402
 from gloss.edge.trie import TokenTrie  # noqa: E402
 from gloss.export.gguf import write_gguf  # noqa: E402
-from gloss.export.merge import load_causal_lm  # noqa: E402
+from gloss.export.hf_models import load_causal_lm  # noqa: E402
 from gloss.export.trie import build_trie_gguf, build_trie_hf, hf_vocab_fingerprint  # noqa: E402
-from gloss.train.evaluate import is_placeholder, prefix_allowed_tokens  # noqa: E402
+from gloss.train.generate import is_placeholder, prefix_allowed_tokens  # noqa: E402
 from tests.conftest import FIXTURES  # noqa: E402
 
 NUM_TITLES = 150
-# transformers' early stopping counts its placeholder hypotheses (train.evaluate.is_placeholder) as finished, so
+# transformers' early stopping counts its placeholder hypotheses (train.generate.is_placeholder) as finished, so
 # constrained parity is checked with early_stopping=False, which the train side uses.
 CONFIG = GenerationConfig(num_beams=5, num_return_sequences=5, n_ctx=512, early_stopping=False)
 
@@ -135,7 +135,7 @@ def test_a_trie_of_another_tokenizer_is_refused(tiny_f32_gguf: Path, trie: Token
 
 
 def test_train_side_constrained_queries_are_catalogue_titles(tiny_llama_dir: Path, titles):
-    from gloss.train.evaluate import LoadedGenerator, beam_queries, newline_token_ids
+    from gloss.train.generate import LoadedGenerator, beam_queries, newline_token_ids
     from gloss.train.model import token_policy
 
     model, tokenizer = load_causal_lm(tiny_llama_dir, "float32")

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gloss.edge.beam import Beams, log_softmax, run_beam_search
 from gloss.edge.catalog import load_catalog
-from gloss.edge.generate import GenerationConfig, LlamaCppGenerator, batched_config
+from gloss.edge.generation.beam import Beams, log_softmax, run_beam_search
+from gloss.edge.generation.generate import GenerationConfig, LlamaCppGenerator, batched_config
 from gloss.edge.prompt import build_prompt
 from gloss.edge.splits import Split, load_sequences, make_examples
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,42 +14,28 @@ from gloss.edge.cli import app
 from gloss.edge.fusion import CoPurchase
 from gloss.edge.index import read_index_header
 from gloss.edge.inspect import inspect_bundle
-from gloss.export.bundle import add_fusion
-from tests.conftest import FIXTURES
-from tests.edge.conftest import build_tiny_bundle
+from tests.conftest import FIXTURES, copy_bundle
+from tests.fakes import error_line
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
 SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return add_fusion(build_tiny_bundle(tmp_path_factory.mktemp("inspect")), SEQUENCES_PATH, holdout=1)
-
-
 @pytest.fixture
-def bundle_dir(built: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "bundle"
-    shutil.copytree(built, out)
-    return out
+def bundle_copy(fusion_bundle: Path, tmp_path: Path) -> Path:
+    return copy_bundle(fusion_bundle, tmp_path / "bundle")
 
 
 def invoke(*args):
     return runner.invoke(app, ["inspect", *[str(a) for a in args]])
 
 
-def error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
-def test_inspect_json_reports_what_the_files_hold(bundle_dir: Path):
-    result = invoke(bundle_dir, "--json")
+def test_inspect_json_reports_what_the_files_hold(bundle_copy: Path):
+    result = invoke(bundle_copy, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_copy)
     stats = CoPurchase.load(bundle.paths.copurchase)
     header = read_index_header(bundle.paths.index)
     assert report["check"] == {"ok": True, "problems": [], "notes": report["check"]["notes"]}
@@ -67,56 +52,56 @@ def test_inspect_json_reports_what_the_files_hold(bundle_dir: Path):
     assert report["bundle"]["catalog_version"] == 1
 
 
-def test_inspect_table(bundle_dir: Path):
-    result = invoke(bundle_dir)
+def test_inspect_table(bundle_copy: Path):
+    result = invoke(bundle_copy)
     assert result.exit_code == 0, result.output
     for header in ("[bundle]", "[catalog]", "[embedder]", "[index]", "[generator]", "[fusion]", "[check]"):
         assert header in result.stdout
     assert re.search(r"status +ok", result.stdout)
 
 
-def test_inspect_reports_a_tampered_file_and_exits_2(bundle_dir: Path):
-    with open(bundle_dir / "catalog.jsonl.gz", "ab") as handle:
+def test_inspect_reports_a_tampered_file_and_exits_2(bundle_copy: Path):
+    with open(bundle_copy / "catalog.jsonl.gz", "ab") as handle:
         handle.write(b"x")
-    result = invoke(bundle_dir, "--json")
+    result = invoke(bundle_copy, "--json")
     assert result.exit_code == 2
     assert "catalog.jsonl.gz" in error_line(result)
     report = json.loads(result.stdout)  # the report is still printed, with the problem in it
     assert report["check"]["ok"] is False and "catalog.jsonl.gz" in report["check"]["problems"][0]
 
 
-def test_inspect_notes_unlisted_files_and_refuses_a_non_bundle(bundle_dir: Path, tmp_path: Path):
-    (bundle_dir / "stray.txt").write_text("not listed")
-    report = inspect_bundle(bundle_dir)
+def test_inspect_notes_unlisted_files_and_refuses_a_non_bundle(bundle_copy: Path, tmp_path: Path):
+    (bundle_copy / "stray.txt").write_text("not listed")
+    report = inspect_bundle(bundle_copy)
     assert report.ok and any("stray.txt" in note for note in report.notes)
     result = invoke(tmp_path / "nothing")
     assert result.exit_code == 2 and "nothing" in error_line(result)
 
 
-def test_inspect_shows_the_catalogue_version_after_an_update(bundle_dir: Path, tmp_path: Path):
+def test_inspect_shows_the_catalogue_version_after_an_update(bundle_copy: Path, tmp_path: Path):
     from gloss.export.update import update_bundle
 
     gone = tmp_path / "gone.txt"
-    gone.write_text(load_bundle(bundle_dir).catalog.asins[0] + "\n")
-    update_bundle(bundle_dir, remove_path=gone)
-    report = inspect_bundle(bundle_dir)
+    gone.write_text(load_bundle(bundle_copy).catalog.asins[0] + "\n")
+    update_bundle(bundle_copy, remove_path=gone)
+    report = inspect_bundle(bundle_copy)
     assert report.ok and report.sections["bundle"]["catalog_version"] == 2
     assert report.sections["catalog"]["updates"] == 1
 
 
 @pytest.mark.slow
-def test_inspect_generator_header_and_provenance(bundle_dir: Path, smollm2_gguf_path: Path):
+def test_inspect_generator_header_and_provenance(bundle_copy: Path, smollm2_gguf_path: Path):
     from gloss.export.bundle import add_generator
 
-    add_generator(bundle_dir, smollm2_gguf_path, generator_meta={"base_model": "SmolLM2-135M-Instruct"})
-    report = inspect_bundle(bundle_dir)
+    add_generator(bundle_copy, smollm2_gguf_path, generator_meta={"base_model": "SmolLM2-135M-Instruct"})
+    report = inspect_bundle(bundle_copy)
     assert report.ok, report.problems
     generator = report.sections["generator"]
     assert generator["gguf"]["general.architecture"] == "llama"
     assert generator["provenance"]["base_model"] == "SmolLM2-135M-Instruct"
     assert generator["bytes"] == smollm2_gguf_path.stat().st_size
     trie = report.sections["trie"]
-    assert trie["present"] and trie["num_items"] == len(load_bundle(bundle_dir).catalog)
+    assert trie["present"] and trie["num_items"] == len(load_bundle(bundle_copy).catalog)
 
 
 def test_help_lists_inspect():

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gloss.edge.kvcache import PrefixCache, shared_prefix_length
+from gloss.edge.generation.kvcache import PrefixCache, shared_prefix_length
 
 
 def brute_longest(saved: list[tuple[int, ...]], tokens: tuple[int, ...]) -> int:

@@ -14,10 +14,10 @@ import pytest
 
 from gloss.edge.catalog import Catalog
 from gloss.edge.errors import InputError
-from gloss.edge.generate import GeneratedQuery
+from gloss.edge.generation.generate import GeneratedQuery
 from gloss.edge.recommend import Recommender
-from gloss.edge.server_metrics import ServerMetrics
-from gloss.edge.server_queue import (
+from gloss.edge.server.metrics import ServerMetrics
+from gloss.edge.server.queue import (
     SERVICE_TIME_WEIGHT,
     WAIT_SPREADS,
     QueueClosedError,
@@ -25,7 +25,7 @@ from gloss.edge.server_queue import (
     RequestQueue,
     Worker,
 )
-from gloss.edge.server_request import MAX_K, handle_request, parse_request, run_batch, run_request
+from gloss.edge.server.request import MAX_K, handle_request, parse_request, run_batch, run_request
 from tests.conftest import FIXTURES
 from tests.fakes import BruteForceIndex, HashEmbedder
 
@@ -348,7 +348,7 @@ def test_one_bad_request_does_not_fail_its_batch(catalog, item_vectors, fusion_r
 
 
 def test_the_worker_batches_by_default_only_without_an_llm(catalog, make_recommender):
-    from gloss.edge.serve import NO_LLM_BATCH, RecommendService, ServeConfig
+    from gloss.edge.server.app import NO_LLM_BATCH, RecommendService, ServeConfig
 
     assert RecommendService(make_recommender(catalog), ServeConfig()).queue.max_batch == NO_LLM_BATCH
     assert RecommendService(make_recommender(catalog, EchoGenerator()), ServeConfig()).queue.max_batch == 1
@@ -358,8 +358,8 @@ def test_the_worker_batches_by_default_only_without_an_llm(catalog, make_recomme
 def test_llm_generation_sizes_the_kv_context_for_the_worker_batch(smollm2_gguf_path):
     """--max-batch N with the LLM must give generate_batch room for N searches at once (else it runs them one
     after another); beyond llama.cpp's sequence limit the extra requests wait for a slot."""
-    from gloss.edge.generate import MAX_SEQUENCES, GenerationConfig, LlamaCppGenerator
-    from gloss.edge.serve import llm_generation
+    from gloss.edge.generation.generate import MAX_SEQUENCES, GenerationConfig, LlamaCppGenerator
+    from gloss.edge.server.app import llm_generation
 
     assert llm_generation(None) is None and llm_generation(1) is None
     assert llm_generation(500).max_batch_users == MAX_SEQUENCES // (2 * GenerationConfig().num_beams)
@@ -376,7 +376,7 @@ def test_llm_generation_sizes_the_kv_context_for_the_worker_batch(smollm2_gguf_p
                                             ("localhost", True), ("0.0.0.0", False), ("192.168.1.2", False),
                                             ("example.com", False)])
 def test_is_loopback(host: str, loopback: bool):
-    from gloss.edge.serve import is_loopback
+    from gloss.edge.server.transport import is_loopback
 
     assert is_loopback(host) is loopback
 
@@ -384,7 +384,7 @@ def test_is_loopback(host: str, loopback: bool):
 def test_release_free_memory_passes_the_result_through_and_finds_malloc_trim():
     import platform
 
-    from gloss.edge import serve
+    from gloss.edge.server import app as serve
 
     replies = [(200, {"items": []})]
     assert serve.release_free_memory(replies) is replies

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 
 from gloss.edge.catalog import Catalog, load_catalog
-from gloss.edge.generate import GeneratedQuery
+from gloss.edge.generation.generate import GeneratedQuery
 from gloss.edge.prompt import render_item
 from gloss.edge.recommend import Recommender
-from gloss.edge.serve import ServeConfig, Server, make_server
+from gloss.edge.server.app import ServeConfig
+from gloss.edge.server.transport import Server, make_server
 from tests.conftest import FIXTURES
 from tests.edge.test_serve import parse_prometheus
 from tests.fakes import BruteForceIndex, HashEmbedder
@@ -312,7 +313,7 @@ def test_graceful_shutdown_answers_in_flight_requests_then_stops(recommender: Re
 def test_cli_serve_answers_then_drains_and_exits_0_on_sigterm(tmp_path):
     """`gloss-edge serve` as a user runs it: a real bundle, a request, SIGTERM, a clean exit."""
     from gloss.export.bundle import build_bundle
-    from tests.edge.test_embed import write_tiny_embedder
+    from tests.fakes import write_tiny_embedder
 
     catalog_path = FIXTURES / "beauty_items.jsonl"
     texts = [render_item(t) for t in load_catalog(catalog_path).titles]

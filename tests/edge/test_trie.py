@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gloss.edge.beam import Beams, BeamSettings, constrain_log_probs, log_softmax, run_beam_search
 from gloss.edge.errors import InputError
+from gloss.edge.generation.beam import Beams, BeamSettings, constrain_log_probs, log_softmax, run_beam_search
 from gloss.edge.trie import TokenTrie, build_trie, catalog_fingerprint, check_titles
 
 END = 0  # the fake vocabulary's EOS

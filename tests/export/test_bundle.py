@@ -21,15 +21,8 @@ from gloss.export import bundle as bundle_module
 from gloss.export.bundle import DEFAULT_EMBEDDER_INT8, add_generator, build_bundle
 from gloss.export.cli import app
 from tests.conftest import FIXTURES
-from tests.edge.test_embed import write_tiny_embedder
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
-
-
-@pytest.fixture(scope="module")
-def embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    texts = [render_item(t) for t in load_catalog(CATALOG_PATH).titles]
-    return write_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny", texts=texts)
 
 
 @pytest.fixture

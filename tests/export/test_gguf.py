@@ -21,7 +21,7 @@ from gloss.edge.files import read_jsonl  # noqa: E402
 from gloss.edge.prompt import build_prompt  # noqa: E402
 from gloss.export.cli import app  # noqa: E402
 from gloss.export.gguf import check_gguf, read_gguf_metadata, write_gguf  # noqa: E402
-from gloss.export.merge import load_causal_lm  # noqa: E402
+from gloss.export.hf_models import load_causal_lm  # noqa: E402
 from gloss.export.quantize import quantize_gguf  # noqa: E402
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from typer.testing import CliRunner  # noqa: E402
 from gloss.edge.errors import InputError  # noqa: E402
 from gloss.edge.prompt import build_prompt  # noqa: E402
 from gloss.export.cli import app  # noqa: E402
-from gloss.export.merge import load_causal_lm, merge_adapter  # noqa: E402
+from gloss.export.hf_models import load_causal_lm  # noqa: E402
+from gloss.export.merge import merge_adapter  # noqa: E402
 
 TITLES = ["Maybelline New York Great Lash Mascara, Blackest Black", "Neutrogena Oil-Free Acne Wash, 6 Fl. Oz"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

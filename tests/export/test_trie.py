@@ -13,23 +13,23 @@ from typer.testing import CliRunner
 
 pytest.importorskip("llama_cpp")
 
-from gloss.edge.bundle import GENERATOR_FILE, MANIFEST_NAME, TRIE_FILE, load_bundle, write_manifest  # noqa: E402
+from gloss.edge.bundle import GENERATOR_FILE, TRIE_FILE, load_bundle  # noqa: E402
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog  # noqa: E402
 from gloss.edge.errors import InputError  # noqa: E402
+from gloss.edge.manifest import MANIFEST_NAME, write_manifest  # noqa: E402
 from gloss.edge.prompt import render_item  # noqa: E402
 from gloss.edge.trie import TokenTrie, catalog_fingerprint  # noqa: E402
 from gloss.export.bundle import add_generator, build_bundle  # noqa: E402
 from gloss.export.cli import app  # noqa: E402
 from gloss.export.trie import build_trie_gguf, gguf_vocab  # noqa: E402
 from tests.conftest import FIXTURES  # noqa: E402
-from tests.export.test_bundle import embedder_dir  # noqa: E402,F401  (module fixture reused)
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
 
 
 @pytest.fixture(scope="module")
 def bundle_with_generator(
-    embedder_dir: Path, vocab_gguf_path: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+    embedder_dir: Path, vocab_gguf_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "beauty"
     return build_bundle(CATALOG_PATH, out, embedder_dir=embedder_dir, gguf_path=vocab_gguf_path,
@@ -60,7 +60,7 @@ def test_bundle_trie_holds_every_title_as_the_generator_tokenises_it(
     assert dict(trie.sequences()) == {seq: tuple(items) for seq, items in expected.items()}
 
 
-def test_add_generator_rebuilds_the_trie(embedder_dir: Path, vocab_gguf_path: Path, tmp_path: Path):  # noqa: F811
+def test_add_generator_rebuilds_the_trie(embedder_dir: Path, vocab_gguf_path: Path, tmp_path: Path):
     out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, show_progress=False)
     assert load_bundle(out).paths.trie is None
     with pytest.raises(InputError, match="no catalogue trie"):
@@ -71,7 +71,7 @@ def test_add_generator_rebuilds_the_trie(embedder_dir: Path, vocab_gguf_path: Pa
 
 
 def test_open_trie_refuses_a_trie_built_for_another_catalogue(
-    bundle_with_generator: Path, embedder_dir: Path, tmp_path: Path  # noqa: F811
+    bundle_with_generator: Path, embedder_dir: Path, tmp_path: Path
 ):
     full = load_catalog(CATALOG_PATH)
     small_path = tmp_path / "small.jsonl.gz"
@@ -115,7 +115,7 @@ def test_a_manifest_trie_section_without_file_is_refused(bundle_with_generator: 
     ],
 )
 def test_cli_bundle_with_generator_rejects_empty_catalogue_and_blank_titles(
-    embedder_dir: Path, vocab_gguf_path: Path, tmp_path: Path, rows: list[dict], message: str  # noqa: F811
+    embedder_dir: Path, vocab_gguf_path: Path, tmp_path: Path, rows: list[dict], message: str
 ):
     catalog = tmp_path / "items.jsonl"
     catalog.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -129,7 +129,7 @@ def test_cli_bundle_with_generator_rejects_empty_catalogue_and_blank_titles(
 
 
 def test_trie_build_failure_leaves_no_bundle(
-    embedder_dir: Path, vocab_gguf_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    embedder_dir: Path, vocab_gguf_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     import gloss.export.trie as trie_module
 
@@ -147,7 +147,7 @@ def test_trie_build_failure_leaves_no_bundle(
 def test_transformers_and_llama_cpp_build_the_same_trie(vocab_gguf_path: Path, smollm2_tokenizer_dir: Path):
     from transformers import AutoTokenizer
 
-    from gloss.export.merge import align_tokenizer_with_gguf
+    from gloss.export.hf_models import align_tokenizer_with_gguf
     from gloss.export.trie import build_trie_hf
 
     titles = load_catalog(CATALOG_PATH).titles
@@ -167,7 +167,7 @@ def test_saved_bundle_trie_round_trips(bundle_with_generator: Path):
 
 @pytest.mark.slow
 def test_cli_recommend_constrained_writes_only_catalogue_titles(
-    embedder_dir: Path, smollm2_gguf_path: Path, tmp_path: Path  # noqa: F811
+    embedder_dir: Path, smollm2_gguf_path: Path, tmp_path: Path
 ):
     out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, gguf_path=smollm2_gguf_path,
                        show_progress=False)

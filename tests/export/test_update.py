@@ -23,8 +23,7 @@ from gloss.export.cli import app
 from gloss.export.copurchase import build_copurchase, training_prefixes
 from gloss.export.update import remap_copurchase, update_bundle
 from tests.conftest import FIXTURES
-from tests.edge.test_embed import write_tiny_embedder
-from tests.fakes import ScriptedGenerator
+from tests.fakes import ScriptedGenerator, error_line, write_tiny_embedder
 
 CATALOG_PATH = FIXTURES / "beauty_items.jsonl"
 SEQUENCES_PATH = FIXTURES / "beauty_sequences.jsonl"
@@ -67,7 +66,7 @@ def setup(full_catalog: Catalog, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def bundle_dir(setup, tmp_path: Path) -> Path:
+def base_bundle(setup, tmp_path: Path) -> Path:
     out = tmp_path / "bundle"
     shutil.copytree(setup[0], out)
     return out
@@ -83,13 +82,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("change", ["add", "add+remove", "remove"])
-def test_update_then_search_equals_full_rebuild_then_search(setup, bundle_dir, full_catalog, tmp_path, change):
-    base = load_bundle(bundle_dir)
+def test_update_then_search_equals_full_rebuild_then_search(setup, base_bundle, full_catalog, tmp_path, change):
+    base = load_bundle(base_bundle)
     add = new_items(full_catalog, tmp_path) if "add" in change else None
     remove = write_ids(tmp_path / "gone.txt", base.catalog.asins[3:40:4]) if "remove" in change else None
-    update_bundle(bundle_dir, add_path=add, remove_path=remove)
-    updated = load_bundle(bundle_dir)
-    rebuilt = load_bundle(build_bundle(bundle_dir / CATALOG_FILE, tmp_path / "rebuilt", embedder_dir=setup[1]))
+    update_bundle(base_bundle, add_path=add, remove_path=remove)
+    updated = load_bundle(base_bundle)
+    rebuilt = load_bundle(build_bundle(base_bundle / CATALOG_FILE, tmp_path / "rebuilt", embedder_dir=setup[1]))
     assert updated.catalog == rebuilt.catalog
     index, reference = updated.open_index(), rebuilt.open_index()
     np.testing.assert_allclose(index.vectors(), reference.vectors(), atol=1e-6)
@@ -100,13 +99,13 @@ def test_update_then_search_equals_full_rebuild_then_search(setup, bundle_dir, f
     np.testing.assert_allclose(sims, expected_sims, atol=1e-6)
 
 
-def test_update_bumps_the_manifest_and_keeps_statistics(bundle_dir, full_catalog, tmp_path):
-    before = load_bundle(bundle_dir)
+def test_update_bumps_the_manifest_and_keeps_statistics(base_bundle, full_catalog, tmp_path):
+    before = load_bundle(base_bundle)
     old_stats = CoPurchase.load(before.paths.copurchase)
     gone = list(before.catalog.asins[:5])
-    result = update_bundle(bundle_dir, add_path=new_items(full_catalog, tmp_path),
+    result = update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path),
                            remove_path=write_ids(tmp_path / "gone.txt", gone))
-    after = load_bundle(bundle_dir, verify=True)
+    after = load_bundle(base_bundle, verify=True)
     assert (result.num_added, result.num_removed, result.version) == (NUM_NEW, 5, 2)
     assert len(after.catalog) == len(before.catalog) - 5 + NUM_NEW == after.manifest["index"]["num_items"]
     assert after.manifest["catalog"]["version"] == 2 and after.manifest["catalog"]["updates"][-1]["added"] == NUM_NEW
@@ -115,8 +114,8 @@ def test_update_bumps_the_manifest_and_keeps_statistics(bundle_dir, full_catalog
     for asin in after.catalog.asins[:-NUM_NEW]:  # a kept item keeps its popularity
         assert stats.popularity[after.catalog.position(asin)] == old_stats.popularity[before.catalog.position(asin)]
     assert not stats.popularity[-NUM_NEW:].any()
-    update_bundle(bundle_dir, remove_path=write_ids(tmp_path / "more.txt", after.catalog.asins[-2:]))
-    assert load_bundle(bundle_dir).manifest["catalog"]["version"] == 3
+    update_bundle(base_bundle, remove_path=write_ids(tmp_path / "more.txt", after.catalog.asins[-2:]))
+    assert load_bundle(base_bundle).manifest["catalog"]["version"] == 3
 
 
 def test_remap_copurchase_matches_a_dict_reference(full_catalog):
@@ -148,12 +147,6 @@ def invoke(*args):
     return runner.invoke(app, ["update", *[str(a) for a in args]])
 
 
-def error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 LONG_TITLE = " ".join(["word"] * (MAX_TITLE_WORDS + 1))
 
 
@@ -169,37 +162,37 @@ LONG_TITLE = " ".join(["word"] * (MAX_TITLE_WORDS + 1))
         (None, None, "nothing to update"),
     ],
 )
-def test_update_errors_leave_the_bundle_unchanged(bundle_dir, tmp_path, rows, removed, message):
-    args = [bundle_dir]
+def test_update_errors_leave_the_bundle_unchanged(base_bundle, tmp_path, rows, removed, message):
+    args = [base_bundle]
     if rows is not None:
         args += ["--add", write_items(tmp_path / "add.jsonl", [r[0] for r in rows], [r[1] for r in rows])]
     if removed is not None:
         args += ["--remove", write_ids(tmp_path / "gone.txt", removed)]
-    before = snapshot(bundle_dir)
+    before = snapshot(base_bundle)
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert message in error_line(result)
-    assert snapshot(bundle_dir) == before
+    assert snapshot(base_bundle) == before
 
 
-def test_update_cli_reports_the_change(bundle_dir, full_catalog, tmp_path):
-    result = invoke(bundle_dir, "--add", new_items(full_catalog, tmp_path))
+def test_update_cli_reports_the_change(base_bundle, full_catalog, tmp_path):
+    result = invoke(base_bundle, "--add", new_items(full_catalog, tmp_path))
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip().endswith(str(bundle_dir)) and f"+{NUM_NEW} -0 items" in result.output
-    assert sorted(p.name for p in bundle_dir.parent.iterdir() if p.name.startswith(".")) == []
+    assert result.stdout.strip().endswith(str(base_bundle)) and f"+{NUM_NEW} -0 items" in result.output
+    assert sorted(p.name for p in base_bundle.parent.iterdir() if p.name.startswith(".")) == []
 
 
-def test_replacing_an_item_by_remove_and_add_changes_its_title(bundle_dir, tmp_path):
-    asin = load_bundle(bundle_dir).catalog.asins[0]
-    update_bundle(bundle_dir, add_path=write_items(tmp_path / "a.jsonl", [asin], ["Shampoo  new\tformula"]),
+def test_replacing_an_item_by_remove_and_add_changes_its_title(base_bundle, tmp_path):
+    asin = load_bundle(base_bundle).catalog.asins[0]
+    update_bundle(base_bundle, add_path=write_items(tmp_path / "a.jsonl", [asin], ["Shampoo  new\tformula"]),
                   remove_path=write_ids(tmp_path / "r.txt", [asin]))
-    catalog = load_bundle(bundle_dir).catalog
+    catalog = load_bundle(base_bundle).catalog
     assert catalog.title(asin) == "Shampoo new formula" and catalog.asins[-1] == asin
 
 
-def test_update_refuses_to_empty_the_catalogue(bundle_dir, tmp_path):
+def test_update_refuses_to_empty_the_catalogue(base_bundle, tmp_path):
     with pytest.raises(InputError, match="empty"):
-        update_bundle(bundle_dir, remove_path=write_ids(tmp_path / "all.txt", load_bundle(bundle_dir).catalog.asins))
+        update_bundle(base_bundle, remove_path=write_ids(tmp_path / "all.txt", load_bundle(base_bundle).catalog.asins))
 
 
 # --- cold start: a new item is recommendable at once; a removed item never comes back ---
@@ -210,18 +203,18 @@ def example():
     return next(make_examples(load_sequences(SEQUENCES_PATH), Split.test, frozenset()))
 
 
-def fusion_recommender(bundle_dir: Path, *queries: list[str]) -> Recommender:
-    bundle = load_bundle(bundle_dir)
+def fusion_recommender(base_bundle: Path, *queries: list[str]) -> Recommender:
+    bundle = load_bundle(base_bundle)
     index = bundle.open_index()
     generator = ScriptedGenerator(*queries) if queries else None
     return Recommender(bundle.catalog, bundle.open_embedder(), index, generator, bundle.open_fusion(index))
 
 
-def test_new_item_near_the_last_history_item_is_recommended_at_once(bundle_dir, tmp_path, example):
-    catalog = load_bundle(bundle_dir).catalog
+def test_new_item_near_the_last_history_item_is_recommended_at_once(base_bundle, tmp_path, example):
+    catalog = load_bundle(base_bundle).catalog
     last = catalog.title(example.history[-1])
-    update_bundle(bundle_dir, add_path=write_items(tmp_path / "new.jsonl", ["NEW0000001"], [f"{last} Refill"]))
-    rec = fusion_recommender(bundle_dir)
+    update_bundle(base_bundle, add_path=write_items(tmp_path / "new.jsonl", ["NEW0000001"], [f"{last} Refill"]))
+    rec = fusion_recommender(base_bundle)
     result = rec.recommend(list(example.history), k=10, explain=True)
     assert "NEW0000001" in [item.asin for item in result.items]
     # the cold-start prior: only items without purchases get it, weight x similarity to the last history item
@@ -233,46 +226,46 @@ def test_new_item_near_the_last_history_item_is_recommended_at_once(bundle_dir, 
         assert explanation.parts["coldstart"] == pytest.approx(rec.fusion.config.coldstart_weight * expected)
 
 
-def test_new_item_near_a_generated_title_is_recommended_at_once(bundle_dir, tmp_path, example, full_catalog):
+def test_new_item_near_a_generated_title_is_recommended_at_once(base_bundle, tmp_path, example, full_catalog):
     """With the generated titles weighted in fusion, a new item that nearly matches one is recommended at once.
 
     (The shipped default gives generated titles no weight, as measured in benchmarks/results/llm_fusion.md;
     then a new item reaches the list through its similarity to the last history item, tested above.)
     """
     title = full_catalog.titles[-1]  # not in the base bundle
-    update_bundle(bundle_dir, add_path=write_items(tmp_path / "new.jsonl", ["NEW0000002"], [title]))
+    update_bundle(base_bundle, add_path=write_items(tmp_path / "new.jsonl", ["NEW0000002"], [title]))
     generated = [f"{title} 2 Pack", "Shampoo", "Conditioner", "Nail Polish", "Lipstick"]
-    rec = fusion_recommender(bundle_dir, generated)
+    rec = fusion_recommender(base_bundle, generated)
     rec.fusion = rec.fusion.with_config(query_weight=1.0)
     items = rec.recommend(list(example.history), k=10).items
     assert "NEW0000002" in [item.asin for item in items]
 
 
-def test_removed_items_are_never_returned_by_any_path(bundle_dir, tmp_path, example):
-    catalog = load_bundle(bundle_dir).catalog
+def test_removed_items_are_never_returned_by_any_path(base_bundle, tmp_path, example):
+    catalog = load_bundle(base_bundle).catalog
     history = list(example.history)
 
     def returned(k: int) -> set[str]:
-        paper = Recommender.load(bundle_dir, use_generator=False, use_fusion=False).recommend(history, k=k)
-        fused = fusion_recommender(bundle_dir).recommend(history, k=k)
+        paper = Recommender.load(base_bundle, use_generator=False, use_fusion=False).recommend(history, k=k)
+        fused = fusion_recommender(base_bundle).recommend(history, k=k)
         targets = [t for t in catalog.titles if t not in {catalog.title(h) for h in history}][:5]
-        llm = fusion_recommender(bundle_dir, targets).recommend(history, k=k)
+        llm = fusion_recommender(base_bundle, targets).recommend(history, k=k)
         return {i.asin for r in (paper, fused, llm) for i in r.items}
 
     gone = sorted(returned(10) - set(history))
-    update_bundle(bundle_dir, remove_path=write_ids(tmp_path / "gone.txt", gone))
+    update_bundle(base_bundle, remove_path=write_ids(tmp_path / "gone.txt", gone))
     assert not set(gone) & returned(len(catalog))
 
 
 @pytest.mark.slow
-def test_update_rebuilds_the_generator_trie(bundle_dir, tmp_path, smollm2_gguf_path, full_catalog):
+def test_update_rebuilds_the_generator_trie(base_bundle, tmp_path, smollm2_gguf_path, full_catalog):
     """A bundle with a generator has a catalogue trie; after an update it holds exactly the new catalogue."""
     from gloss.export.bundle import add_generator
 
-    add_generator(bundle_dir, smollm2_gguf_path)
-    gone = list(load_bundle(bundle_dir).catalog.asins[:3])
-    update_bundle(bundle_dir, add_path=new_items(full_catalog, tmp_path), remove_path=write_ids(tmp_path / "g", gone))
-    bundle = load_bundle(bundle_dir)
+    add_generator(base_bundle, smollm2_gguf_path)
+    gone = list(load_bundle(base_bundle).catalog.asins[:3])
+    update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path), remove_path=write_ids(tmp_path / "g", gone))
+    bundle = load_bundle(base_bundle)
     trie = bundle.open_trie()  # checks that it was built for these titles
     leaves = sorted(p for _, items in trie.sequences() for p in items)
     assert leaves == list(range(len(bundle.catalog))) and trie.meta.num_items == len(bundle.catalog)

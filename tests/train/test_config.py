@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from gloss.edge.errors import InputError
 from gloss.train.cli import app
 from gloss.train.config import ALL_LINEAR, TrainConfig, load_config
+from tests.fakes import error_line
 
 
 def test_defaults_are_the_paper_recipe():
@@ -86,12 +87,6 @@ def test_help_lists_the_commands():
 
 
 # --- hardening (issue 11): a config file's bytes and syntax errors are one `Error:` line, exit 2 ---
-
-
-def error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ def test_train_end_to_end_on_tiny_model(make_config, load_in_4bit):
     assert manifest["data"]["train_examples"] == 20 and manifest["data"]["eval_examples"] == 2
     # The run folder feeds generation directly: base + best adapter, the run's tokenisation and data.
     from gloss.edge.files import read_jsonl
-    from gloss.train.evaluate import generate_queries
+    from gloss.train.generate import generate_queries
 
     queries = generate_queries(out_dir, None, Split.validation, out_dir.parent / "q.jsonl", max_new_tokens=4)
     rows = list(read_jsonl(queries))

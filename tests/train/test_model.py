@@ -12,7 +12,7 @@ def test_gguf_tokenizer_gets_the_files_eos_and_bos_rule(smollm2_tokenizer_dir, s
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from gloss.export.merge import align_tokenizer_with_gguf
+    from gloss.export.hf_models import align_tokenizer_with_gguf
     from gloss.train.model import token_policy
 
     fields = GGUFReader(str(smollm2_gguf_path)).fields

@@ -1,6 +1,6 @@
 """Beam-search bookkeeping, pure numpy: candidate selection exactly as transformers' beam search does it.
 
-The llama.cpp generator (gloss.edge.generate) feeds it log-probabilities; tests drive it with fake models and
+The llama.cpp generator (gloss.edge.generation.generate) feeds it log-probabilities; tests drive it with fake models and
 check it against exhaustive search.
 """
 

@@ -47,7 +47,7 @@ def load_for_generation(run_dir_or_model: Path | str) -> LoadedGenerator:
     """
     import torch
 
-    from gloss.export.merge import load_causal_lm, load_tokenizer
+    from gloss.export.hf_models import load_causal_lm, load_tokenizer
 
     source = Path(run_dir_or_model)
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
@@ -138,7 +138,7 @@ def load_trie(loaded: LoadedGenerator, data_dir: Path, trie_path: Path | None = 
 
 def catalog_length_cap(loaded: LoadedGenerator, titles: Iterable[str]) -> int:
     """The edge's length cap with the HF tokenizer: longest rendered title + stop token + margin."""
-    from gloss.edge.generate import TITLE_MARGIN_TOKENS
+    from gloss.edge.generation.generate import TITLE_MARGIN_TOKENS
 
     tok = loaded.tokenizer
     longest = max((len(tok(render_item(t), add_special_tokens=False).input_ids) for t in titles), default=0)

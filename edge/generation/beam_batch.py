@@ -1,10 +1,10 @@
 """Several users' beam searches in one KV context: every running beam of every user in one decode per step.
 
 The scheduler talks to the model through :class:`KvRuntime` (decode a batch, copy/remove sequences, save and
-restore a sequence's KV cells), so tests can drive it with a fake; :class:`gloss.edge.generate.LlamaCppGenerator`
+restore a sequence's KV cells), so tests can drive it with a fake; :class:`~.generate.LlamaCppGenerator`
 implements it over llama.cpp. Each user owns ``2 * num_beams`` sequence ids (beams ping-pong between the two
 halves), a user is admitted when sequence ids and KV cells are free (as another finishes), and a prompt starts from
-the KV cells of the longest prefix it shares with an earlier prompt (:class:`gloss.edge.kvcache.PrefixCache`).
+the KV cells of the longest prefix it shares with an earlier prompt (:class:`~.kvcache.PrefixCache`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gloss.edge.beam import Beams, BeamSettings, beam_step, log_softmax
-from gloss.edge.kvcache import PrefixCache, PrefixHit
+from gloss.edge.generation.beam import Beams, BeamSettings, beam_step, log_softmax
+from gloss.edge.generation.kvcache import PrefixCache, PrefixHit
 
 logger = logging.getLogger(__name__)
 

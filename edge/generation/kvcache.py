@@ -1,6 +1,6 @@
 """Prompt prefix cache bookkeeping, pure Python: which saved prompt shares the longest token prefix, LRU.
 
-The llama.cpp generator (gloss.edge.generate) saves each prompt's KV cells (``llama_state_seq_get_data``) and
+The llama.cpp generator (gloss.edge.generation.generate) saves each prompt's KV cells (``llama_state_seq_get_data``) and
 restores the cells of the longest shared token prefix before decoding a new prompt, as llama.cpp's server does
 with ``cache_prompt``: the prompt header is the same for every user, and a returning user's earlier history is
 a prefix of the new prompt. This module only decides what to reuse and what to evict; tests drive it alone.

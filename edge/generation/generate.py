@@ -2,12 +2,12 @@
 
 llama.cpp has no beam search, so it is written here: one context holds every beam as a sequence of a
 unified KV cache. The prompt is decoded once; each step decodes the last token of all live beams (of every
-user in flight, :mod:`gloss.edge.beam_batch`) in one ``llama_decode`` call and reorders the cache by copying
+user in flight, :mod:`gloss.edge.generation.beam_batch`) in one ``llama_decode`` call and reorders the cache by copying
 sequences between two halves of each user's sequence ids (``llama_memory_seq_cp`` shares cells in a unified
 cache, so a copy is cheap). A prompt starts from the saved KV cells of its longest prefix shared with an earlier
-prompt (:mod:`gloss.edge.kvcache`).
+prompt (:mod:`gloss.edge.generation.kvcache`).
 
-The candidate selection (:func:`gloss.edge.beam.beam_step`) is a pure function that follows transformers' beam search
+The candidate selection (:func:`~.beam.beam_step`) is a pure function that follows transformers' beam search
 (4.57; ``early_stopping=True`` by default, ``False`` as an option) step for step, so both runtimes return the same
 titles in the same order.
 """
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from gloss.edge.beam import Beams, BeamSettings, log_softmax
-from gloss.edge.beam_batch import BatchedBeamSearch, BatchLimits, SearchStats
 from gloss.edge.errors import GlossError, InputError, require
-from gloss.edge.gguf_header import check_gguf
-from gloss.edge.kvcache import PrefixCache
+from gloss.edge.generation.beam import Beams, BeamSettings, log_softmax
+from gloss.edge.generation.beam_batch import BatchedBeamSearch, BatchLimits, SearchStats
+from gloss.edge.generation.gguf_header import check_gguf
+from gloss.edge.generation.kvcache import PrefixCache
 from gloss.edge.prompt import build_prompt, fit_history, parse_generated, render_item
 from gloss.edge.trie import vocab_fingerprint
 
@@ -172,7 +172,7 @@ def vocab_texts(lib: Any, model: Any) -> list[str]:
 # GGUF header and llama.cpp runtime
 
 class _LlamaKv:
-    """:class:`gloss.edge.beam_batch.KvRuntime` over a llama.cpp context (unified KV cache)."""
+    """:class:`gloss.edge.generation.beam_batch.KvRuntime` over a llama.cpp context (unified KV cache)."""
 
     def __init__(self, gen: LlamaCppGenerator) -> None:
         self.gen, self.lib, self.ctx, self.memory = gen, gen._lib, gen._ctx.ctx, gen._memory

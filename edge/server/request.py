@@ -1,6 +1,6 @@
 """What ``POST /recommend`` does, without HTTP: check a body, run it, shape the JSON reply (pure functions).
 
-The server (gloss.edge.serve) runs :func:`parse_request` on its event loop, so bad input never takes a queue
+The server (gloss.edge.server.app) runs :func:`parse_request` on its event loop, so bad input never takes a queue
 slot, and :func:`run_batch` on the worker thread; :func:`handle_request` is both in one call, for tests.
 """
 

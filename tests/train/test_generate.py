@@ -1,4 +1,4 @@
-"""gloss.train.evaluate: 5-beam queries from transformers in the queries-file format gloss-edge eval reads."""
+"""gloss.train.generate: 5-beam queries from transformers in the queries-file format gloss-edge eval reads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gloss.edge.splits import Split
 
 @pytest.fixture(scope="module")
 def loaded(tiny_llama_dir):
-    from gloss.train.evaluate import load_for_generation
+    from gloss.train.generate import load_for_generation
 
     return load_for_generation(tiny_llama_dir)
 
@@ -20,7 +20,7 @@ def loaded(tiny_llama_dir):
 def test_generate_queries_writes_rows_edge_eval_reads(
     loaded, tiny_llama_dir, prepared_dir, tmp_path, monkeypatch
 ):
-    import gloss.train.evaluate as evaluate
+    import gloss.train.generate as evaluate
 
     monkeypatch.setattr(evaluate, "load_for_generation", lambda _: loaded)
     out = evaluate.generate_queries(
@@ -44,7 +44,7 @@ def test_generate_queries_writes_rows_edge_eval_reads(
 
 
 def test_batched_left_padded_beams_equal_one_by_one(loaded, prepared_dir):
-    from gloss.train.evaluate import beam_queries
+    from gloss.train.generate import beam_queries
     from gloss.train.loop import load_split_titles
 
     histories = [h for _, h, _ in load_split_titles(prepared_dir, Split.test, max_users=3)]
@@ -58,7 +58,7 @@ def test_beams_match_transformers_generate_on_the_plain_prompt(loaded, prepared_
     import torch
 
     from gloss.edge.prompt import build_prompt, parse_generated, render_item
-    from gloss.train.evaluate import beam_queries
+    from gloss.train.generate import beam_queries
     from gloss.train.loop import load_split_titles
 
     _, history, _ = load_split_titles(prepared_dir, Split.test, max_users=1)[0]
@@ -81,7 +81,7 @@ def test_beams_match_transformers_generate_on_the_plain_prompt(loaded, prepared_
 
 
 def test_newline_tokens_stop_generation(loaded):
-    from gloss.train.evaluate import newline_token_ids
+    from gloss.train.generate import newline_token_ids
 
     newline = loaded.tokenizer("a\nb", add_special_tokens=False)["input_ids"]
     stops = set(loaded.stop_ids)
