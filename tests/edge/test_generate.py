@@ -175,21 +175,27 @@ def test_one_beam_equals_greedy_decoding(smollm2_gguf_path: Path):
     assert beam.score == pytest.approx(greedy.score, abs=1e-4)
 
 
-def test_completion_log_probs_equal_step_by_step_decoding(smollm2_gguf_path: Path):
-    """One teacher-forced decode of prompt + completion gives the log-probs of feeding the completion token by
-    token (the reference: incremental decoding with the KV cache, as greedy search runs)."""
+def test_completion_log_probs_equal_one_decode_per_prefix(smollm2_gguf_path: Path):
+    """One teacher-forced decode of prompt + completion gives, in row i, the next-token log-probs of decoding
+    prompt + completion[:i] on its own (the definition of the conditional distribution, no cache involved).
+
+    Token-by-token decoding with the KV cache (as greedy and beam search run) is the same computation, but
+    llama.cpp may pick other kernels for a 1-token batch: on AVX2 builds of 0.3.36 the Q4_1 model's cached rows
+    drift by up to ~0.6 nats in the tail of the vocabulary (about what Q4_1 itself costs against transformers),
+    so that reference is held to its argmax only."""
     config = GenerationConfig(num_beams=1, num_return_sequences=1, max_new_tokens=6, n_ctx=512, prefix_cache_mb=0)
     with LlamaCppGenerator.load(smollm2_gguf_path, config) as gen:
         prompt = gen.prompt_tokens(HISTORY)
         completion = gen.tokenize(" Title: Xtreme Brite Brightening Gel")[:6]
-        forced = gen.completion_log_probs(prompt, completion)
+        forced = gen.completion_log_probs(prompt, completion).copy()
+        fresh = np.stack([log_softmax(gen._start([*prompt, *completion[:i]]))[0] for i in range(len(completion))])
         rows = [log_softmax(gen._start(prompt))[0]]
         for i, token in enumerate(completion[:-1]):
             rows.append(log_softmax(gen._decode([token], [len(prompt) + i], [0], 1))[0])
         with pytest.raises(InputError, match="completion tokens"):
             gen.completion_log_probs(prompt, [])
     assert forced.shape == (len(completion), gen.n_vocab)
-    np.testing.assert_allclose(forced, np.stack(rows), atol=1e-4)
+    np.testing.assert_allclose(forced, fresh, atol=1e-4)
     assert (forced.argmax(axis=1) == np.stack(rows).argmax(axis=1)).all()
 
 
