@@ -2,7 +2,8 @@
 
 ``POST /recommend`` ``{"history": [...], "k": 10, "include_seen": false, "explain": false}`` ->
 ``{"items": [...], "queries": [...]}``;
-``GET /health``; ``GET /metrics`` (Prometheus text). Every error is JSON ``{"error": ...}``.
+``GET /health``; ``GET /metrics`` (Prometheus text). Every error is JSON ``{"error": ...}``, and every answer is
+counted in ``/metrics`` (:func:`counted_app` wraps the app; the transport counts what uvicorn answers itself).
 
 A request goes: uvicorn's h11 protocol parses HTTP (:func:`guarded_h11_protocol` adds a deadline for the
 request head, since uvicorn waits forever for a silent client, and JSON 400s for requests h11 rejects, such
@@ -19,9 +20,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +41,8 @@ from gloss.edge.server.request import (
     run_batch,
 )
 
-__all__ = ["ServeConfig", "RecommendService", "handle_request", "llm_generation", "make_app"]
+__all__ = ["ServeConfig", "RecommendService", "counted_app", "handle_request", "llm_generation", "make_app",
+           "send_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +99,8 @@ class ServeConfig:
         max_history_items: Newest history items kept; older ones are dropped before any work.
         keep_alive_s: An idle keep-alive connection is closed after this.
         backlog: Listen backlog of the socket.
-        max_connections: Open connections at most; uvicorn answers 503 above it.
+        max_connections: Open connections at most; a new request above it gets a JSON 503 (and its connection
+            is closed).
     """
 
     queue_size: int = 64
@@ -193,6 +197,64 @@ class BodyTooLargeError(Exception):
     """The body grew past the limit while it was read."""
 
 
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+async def send_json(send: Callable[[Any], Awaitable[None]], status: int, payload: dict[str, Any],
+                    headers: dict[str, str] | None = None) -> None:
+    """Send one JSON answer through a raw ASGI ``send`` (for answers made outside the starlette routes)."""
+    body = json.dumps(payload).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def counted_app(app: ASGIApp, metrics: ServerMetrics) -> ASGIApp:
+    """``app`` with every HTTP answer counted in ``metrics`` (path, status) and a JSON 500 for an escaped error.
+
+    An answer to a client that has already disconnected is not counted (uvicorn drops it): e.g. after h11
+    refused a body mid-stream, whose 400 the transport sent and counted. An unexpected exception is logged
+    once here, with its traceback (uvicorn would log it again and answer a text/plain 500).
+    """
+
+    async def counted(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                      send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        status: int | None = None
+        gone = False
+
+        async def watched_receive() -> Any:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
+        async def counted_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if not gone:
+                    metrics.count_request(scope["path"], status)
+            await send(message)
+
+        try:
+            await app(scope, watched_receive, counted_send)
+        except Exception:
+            if gone:
+                logger.debug("%s %s: client gone", scope["method"], scope["path"], exc_info=True)
+                return
+            logger.exception("internal error answering %s %s", scope["method"], scope["path"])
+            if status is None:
+                await send_json(counted_send, 500, {"error": "internal error; see the server log"},
+                                {"Connection": "close"})
+
+    return counted
+
+
 def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     from starlette.responses import JSONResponse
 
@@ -216,8 +278,12 @@ async def _recommend(service: RecommendService, request: Any) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
         return _json(413, {"error": f"body of {declared} bytes is over the {config.max_body_bytes}-byte limit"},
                      {"Connection": "close"})
+    from starlette.requests import ClientDisconnect
+
     try:
         body = await asyncio.wait_for(_read_body(request, config.max_body_bytes), config.read_timeout_s)
+    except ClientDisconnect:  # the client left, or h11 refused the body (the transport sent and counted a 400)
+        return _json(400, {"error": "client disconnected before the body was complete"})
     except BodyTooLargeError:
         return _json(413, {"error": f"body is over the {config.max_body_bytes}-byte limit"}, {"Connection": "close"})
     except asyncio.TimeoutError:
@@ -229,7 +295,8 @@ async def _recommend(service: RecommendService, request: Any) -> Any:
 
 
 def make_app(service: RecommendService) -> Any:
-    """The starlette app: ``POST /recommend``, ``GET /health``, ``GET /metrics``; JSON errors everywhere.
+    """The starlette app: ``POST /recommend``, ``GET /health``, ``GET /metrics``; JSON errors everywhere, every
+    answer counted (:func:`counted_app`).
 
     Its lifespan starts the worker and stops it (rejecting what is still queued) on shutdown.
     """
@@ -244,27 +311,25 @@ def make_app(service: RecommendService) -> Any:
         start = time.perf_counter()
         response = await _recommend(service, request)
         service.metrics.observe_latency(time.perf_counter() - start)
-        service.metrics.count_request("/recommend", response.status_code)
         return response
 
     async def health(request: Request) -> Response:
         stopping = service.queue.closed
-        response = _json(503 if stopping else 200, {
+        return _json(503 if stopping else 200, {
             "status": "stopping" if stopping else "ok", "items": len(service.recommender.catalog),
             "generator": service.recommender.generator is not None, "queue_depth": service.queue.depth,
         })
-        service.metrics.count_request("/health", response.status_code)
-        return response
 
     async def metrics(request: Request) -> Response:
-        service.metrics.count_request("/metrics", 200)
         return Response(service.metrics.render(service.gauges()), media_type=CONTENT_TYPE)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
-        service.metrics.count_request(request.url.path, status)
         return _json(status, {"error": f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}; "
                               "use POST /recommend, GET /health or GET /metrics"}, getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:  # starlette re-raises it: logged above
+        return _json(500, {"error": "internal error; see the server log"}, {"Connection": "close"})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -276,4 +341,7 @@ def make_app(service: RecommendService) -> Any:
 
     routes = [Route("/recommend", recommend, methods=["POST"]), Route("/health", health, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error},
+                    lifespan=lifespan)
+    app.router.redirect_slashes = False  # POST /recommend/ is a 404, never a redirect built from the Host header
+    return counted_app(app, service.metrics)

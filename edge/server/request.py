@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,8 +71,9 @@ def parse_request(body: bytes, catalog: Catalog, max_history_items: int = MAX_HI
     """Check a ``/recommend`` body and resolve its newest ``max_history_items`` items against the catalogue.
 
     Raises:
-        InputError: On a body that is not UTF-8 JSON (or nests too deeply), an unknown field, a wrong type,
-            ``k`` outside [1, 1000], an empty history or an item not in the catalogue.
+        InputError: On a body that is not UTF-8 JSON (or nests too deeply, or has an integer of thousands of
+            digits), an unknown field, a wrong type, ``k`` outside [1, 1000], an empty history or an item not in
+            the catalogue.
     """
     try:
         request = json.loads(body.decode("utf-8"))
@@ -81,6 +83,9 @@ def parse_request(body: bytes, catalog: Catalog, max_history_items: int = MAX_HI
         raise InputError(f"body is not JSON: {exc.msg} at position {exc.pos}") from None
     except RecursionError:
         raise InputError("body is not JSON this server accepts: nested too deeply") from None
+    except ValueError:  # after its subclasses above: python's int-digits limit (sys.get_int_max_str_digits)
+        raise InputError(f"body is not JSON this server accepts: a number has more digits than "
+                         f"{sys.get_int_max_str_digits()}") from None
     if not isinstance(request, dict) or not isinstance(request.get("history"), list):
         raise InputError("expected a JSON object with 'history': a list of item ids or titles, oldest first")
     unknown = sorted(set(request) - set(FIELDS))

@@ -1,5 +1,6 @@
-"""The server's transport: a listening socket, uvicorn's h11 protocol guarded with a head deadline and JSON 400s,
-and :class:`Server`, which runs the app of :mod:`gloss.edge.server.app` until shutdown or SIGTERM."""
+"""The server's transport: a listening socket, uvicorn's h11 protocol guarded with a head deadline, a connection
+limit and counted JSON answers of its own (400, 503), and :class:`Server`, which runs the app of
+:mod:`gloss.edge.server.app` until shutdown or SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 from gloss.edge.errors import GlossError, InputError, require
 from gloss.edge.recommend import Recommender
-from gloss.edge.server.app import RecommendService, ServeConfig, make_app
+from gloss.edge.server.app import RecommendService, ServeConfig, make_app, send_json
+from gloss.edge.server.metrics import ServerMetrics
 
 __all__ = ["Server", "bind_socket", "guarded_h11_protocol", "is_loopback", "make_server"]
 
@@ -32,13 +34,37 @@ def is_loopback(host: str) -> bool:
 
 
 
-def guarded_h11_protocol(read_timeout_s: float) -> type:
-    """uvicorn's h11 protocol with a deadline for each request head and JSON 400 replies."""
+def guarded_h11_protocol(
+    read_timeout_s: float, max_connections: int | None = None, metrics: ServerMetrics | None = None
+) -> type:
+    """uvicorn's h11 protocol with a deadline for each request head, and JSON answers for what it refuses itself:
+    400 for a request h11 rejects, 503 for a request past ``max_connections`` open connections (uvicorn's own
+    ``limit_concurrency`` answers text/plain, so the limit is applied here). Both are counted in ``metrics``."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    def count(path: str, status: int) -> None:
+        if metrics is not None:
+            metrics.count_request(path, status)
+
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.limit_concurrency = None  # replaced by _admit
+            self._app, self.app = self.app, self._admit
+
+        async def _admit(self, scope: Any, receive: Any, send: Any) -> None:
+            # uvicorn's rule: this connection counts among the open ones, this request's task among the tasks
+            if max_connections is not None and (len(self.connections) >= max_connections
+                                                or len(self.tasks) > max_connections):
+                logger.warning("over the limit of %d open connections: 503", max_connections)
+                count(scope["path"], 503)
+                await send_json(send, 503, {"error": f"the server has {max_connections} open connections, its "
+                                            "limit; retry later"}, {"Connection": "close", "Retry-After": "1"})
+                return
+            await self._app(scope, receive, send)
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is None:
@@ -77,6 +103,11 @@ def guarded_h11_protocol(read_timeout_s: float) -> type:
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
+            answering = self.cycle is not None and not self.cycle.response_complete  # a head was parsed
+            if answering and self.cycle.response_started:  # the app already answers; h11 sends no second reply
+                self.transport.close()
+                return
+            count(self.scope["path"] if answering else "other", 400)
             body = json.dumps({"error": "invalid HTTP request (request line, header or Content-Length); "
                                         "send POST /recommend with a JSON body"}).encode()
             headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
@@ -120,9 +151,10 @@ class Server:
         self.socket = bind_socket(host, port, config.backlog)
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self._uvicorn = uvicorn.Server(uvicorn.Config(
-            make_app(self.service), http=guarded_h11_protocol(config.read_timeout_s), loop="asyncio",
+            make_app(self.service), loop="asyncio",
+            http=guarded_h11_protocol(config.read_timeout_s, config.max_connections, self.service.metrics),
             lifespan="on", timeout_keep_alive=config.keep_alive_s, backlog=config.backlog,
-            limit_concurrency=config.max_connections, timeout_graceful_shutdown=config.request_timeout_s,
+            timeout_graceful_shutdown=config.request_timeout_s,
             access_log=False, log_config=None, log_level="warning",
         ))
         self._stopped = threading.Event()

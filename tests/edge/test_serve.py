@@ -107,6 +107,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
         (b'{"history": ["B000052YM7"], "include_seen": true, "exclude_seen": true}', "contradict"),
         (b'{"history": ["B000052YM7"], "kk": 3}', "unknown field 'kk'"),
         (b'{"history": ["B000052YM7"], "explain": 1}', "'explain' must be true or false"),
+        (b'{"history": ["B000052YM7"], "k": ' + b"7" * 5000 + b"}", "more digits than"),  # int-digits limit
     ],
     ids=lambda value: value[:40].decode(errors="replace") if isinstance(value, bytes) else None,
 )

@@ -350,3 +350,96 @@ def test_a_bundle_that_cannot_recommend_does_not_start_serving(catalog: Catalog,
         assert not server.service.worker.is_alive()
     finally:
         server.server_close()
+
+
+# --- every answer is JSON and counted in /metrics (issue 17: defects 3, 7, 8, 9, 10) ---
+
+
+def counted(server: Server) -> dict[tuple[str, int], int]:
+    return server.service.metrics.requests()
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Log records that carry a traceback (exc_info)."""
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.exc_info]
+
+
+def test_a_5000_digit_integer_gets_a_json_400_without_a_traceback(recommender: Recommender, caplog):
+    data = b'{"history": ["B000052YM7"], "k": ' + b"7" * 5000 + b"}"  # past python's int-digits limit
+    with running(recommender) as server:
+        status, reply = raw(server, head(str(len(data))) + data)
+        assert status == 400 and "digits" in reply["error"]
+        assert counted(server)[("/recommend", 400)] == 1
+    assert tracebacks(caplog) == []
+
+
+def test_a_trailing_slash_gets_a_json_404_never_a_redirect(recommender: Recommender):
+    with running(recommender) as server:
+        conn = http.client.HTTPConnection(HOST, server.server_address[1], timeout=10)
+        conn.request("POST", "/recommend/", body=b'{"history": ["B000052YM7"]}', headers={"Host": "evil.example"})
+        response = conn.getresponse()
+        assert response.status == 404 and response.getheader("Location") is None
+        assert response.getheader("Content-Type") == "application/json"
+        assert "use POST /recommend" in json.loads(response.read())["error"]
+        conn.close()
+        assert counted(server)[("other", 404)] == 1
+
+
+def test_past_the_connection_limit_new_clients_get_a_counted_json_503(recommender: Recommender):
+    with running(recommender, max_connections=2) as server:
+        idle = socket.create_connection((HOST, server.server_address[1]), timeout=10)  # holds one of the two
+        try:
+            deadline = time.monotonic() + 10
+            while len(server._uvicorn.server_state.connections) < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            status, headers, reply = post(server, {"history": [recommender.catalog.asins[0]]})
+            assert status == 503 and headers["Content-Type"] == "application/json"
+            assert headers["Connection"] == "close" and "connections" in reply["error"]
+            assert counted(server)[("/recommend", 503)] == 1
+        finally:
+            idle.close()
+        deadline = time.monotonic() + 10
+        while server._uvicorn.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert post(server, {"history": [recommender.catalog.asins[0]]})[0] == 200
+
+
+def test_an_unexpected_error_gets_a_counted_json_500_and_one_logged_traceback(recommender: Recommender, caplog):
+    with running(recommender) as server:
+        async def broken(body: bytes):
+            raise RuntimeError("bug in the app")
+
+        server.service.answer = broken
+        status, headers, reply = post(server, {"history": [recommender.catalog.asins[0]]})
+        assert status == 500 and headers["Content-Type"] == "application/json" and "error" in reply
+        assert counted(server)[("/recommend", 500)] == 1
+    assert len(tracebacks(caplog)) == 1  # logged once, by the app (not again by uvicorn)
+
+
+def test_a_bad_chunk_size_gets_a_400_without_a_client_disconnect_traceback(recommender: Recommender, caplog):
+    chunked = b"POST /recommend HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with running(recommender) as server:
+        status, reply = raw(server, chunked + b"zz\r\n{}\r\n0\r\n\r\n")
+        assert status == 400 and "invalid HTTP request" in reply["error"]
+        deadline = time.monotonic() + 10
+        while server._uvicorn.server_state.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)  # the app, reading the body, sees the disconnect after the 400 went out
+        assert counted(server) == {("/recommend", 400): 1}  # counted once, by the transport that answered
+    assert tracebacks(caplog) == []
+
+
+def test_every_answer_is_counted_in_metrics(recommender: Recommender):
+    with running(recommender) as server:
+        assert raw(server, head("abc") + b"{}")[0] == 400  # h11 refuses it: no app call
+        assert get(server, "/nope")[0] == 404
+        assert get(server, "/recommend")[0] == 405
+        assert post(server, {"history": ["nope"]})[0] == 400
+        assert post(server, {"history": [recommender.catalog.asins[0]]})[0] == 200
+        assert get(server, "/health")[0] == 200
+        status, _, text = get(server, "/metrics")
+        samples = parse_prometheus(text)
+        expected = {("other", 400): 1, ("other", 404): 1, ("/recommend", 405): 1, ("/recommend", 400): 1,
+                    ("/recommend", 200): 1, ("/health", 200): 1}
+        for (path, code), count in expected.items():
+            assert samples[f'gloss_requests_total{{path="{path}",status="{code}"}}'] == count
+        assert counted(server)[("/metrics", 200)] == 1  # the scrape itself, counted once answered
