@@ -125,9 +125,9 @@ class Bundle:
         if meta is None or self.paths.copurchase is None:
             raise InputError(f"{self.dir}: bundle has no co-purchase statistics; add them with gloss-export fusion")
         try:
-            config = FusionConfig(**meta.get("config", {}))
-        except TypeError as exc:
-            raise InputError(f"{self.dir / MANIFEST_NAME}: bad fusion config ({exc}); {BUILD_HINT}") from None
+            config = FusionConfig.from_dict(meta.get("config", {}), f"{self.dir / MANIFEST_NAME}: fusion.config")
+        except InputError as exc:
+            raise InputError(f"{exc}; add the statistics again with gloss-export fusion") from None
         copurchase = CoPurchase.load(self.paths.copurchase)
         return FusionRanker(self.catalog, index or self.open_index(), copurchase, config)
 

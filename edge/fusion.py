@@ -25,7 +25,9 @@ popular items. Numpy only, so it runs inside the edge runtime.
 
 from __future__ import annotations
 
+import json
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 FEATURES = ("query", "text", "copurchase", "popularity", "beam", "coldstart")
 WEIGHTS = tuple(f"{name}_weight" for name in FEATURES)
+FLOAT_FIELDS = (*WEIGHTS, "beam_temperature", "history_decay")
+INT_FIELDS = ("history_len", "num_neighbors", "num_successors", "num_popular")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,46 @@ class FusionConfig:
         """
         return self.query_weight > 0 or self.beam_weight > 0
 
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> FusionConfig:
+        """The config of a mapping read from a file: a ``--config`` YAML or a bundle manifest's ``fusion.config``.
+
+        Args:
+            data: The parsed mapping of field names to values.
+            source: Where it was read, starting every error message.
+
+        Raises:
+            InputError: For a non-mapping, an unknown key, or a field of the wrong type or out of range.
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: expected a mapping of FusionConfig fields, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        try:
+            return cls(**data)
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
+
+    def _check_types(self) -> None:
+        """Each field of its type, stored as a plain Python value (a YAML file or a manifest can hold anything;
+        numpy scalars from a tuning script must stay JSON-ready)."""
+        for name in (*FLOAT_FIELDS, *INT_FIELDS, "exclude_seen"):
+            value = getattr(self, name)
+            is_bool = isinstance(value, (bool, np.bool_))
+            if name == "exclude_seen":
+                ok, kind, plain = is_bool, "true or false", bool
+            elif name in INT_FIELDS:
+                ok, kind, plain = not is_bool and isinstance(value, numbers.Integral), "a whole number", int
+            else:
+                ok, kind, plain = not is_bool and isinstance(value, numbers.Real), "a number", _plain_float
+            if not ok:
+                raise InputError(f"--{name.replace('_', '-')} must be {kind}, got {_shown(value)}")
+            object.__setattr__(self, name, plain(value))
+
     def __post_init__(self) -> None:
+        self._check_types()
         for name in WEIGHTS:
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
@@ -115,6 +158,22 @@ class FusionConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+
+def _plain_float(value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits: refused by the range checks as not finite
+        return float("inf")
+
+
+def _shown(value: Any) -> str:
+    """A config value as its file had it (JSON), cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 @dataclass(frozen=True)
@@ -368,11 +427,5 @@ def load_fusion_config(path: Path) -> FusionConfig:
     from gloss.edge.files import read_yaml  # JSON is YAML, so one parser reads both
 
     path = Path(path)
-    data = read_yaml(path, what="fusion config file") or {}  # one-line errors naming line / byte offset
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of FusionConfig fields")
-    known = set(FusionConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    return FusionConfig(**data)
+    data = read_yaml(path, what="fusion config file")  # one-line errors naming line / byte offset
+    return FusionConfig.from_dict({} if data is None else data, source=str(path))

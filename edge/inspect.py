@@ -156,10 +156,14 @@ def _generator_section(
 def _fusion_section(
     bundle_dir: Path, meta: dict[str, Any], files: dict[str, Any], problems: list[str]
 ) -> dict[str, Any]:
-    from gloss.edge.fusion import CoPurchase
+    from gloss.edge.fusion import CoPurchase, FusionConfig
 
     out: dict[str, Any] = {"present": True, **_plain(meta), "config": meta.get("config"),
                            "files": _files_of(files, meta["file"].split("/", 1)[0])}
+    try:
+        FusionConfig.from_dict(meta.get("config", {}), f"{bundle_dir / MANIFEST_NAME}: fusion.config")
+    except InputError as exc:
+        problems.append(str(exc))
     try:
         stats = CoPurchase.load(bundle_dir / meta["file"])
     except GlossError as exc:
