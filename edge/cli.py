@@ -243,17 +243,20 @@ def serve(
     request_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a queued request may wait for its "
                                                    "answer (504 after).")] = ServeConfig.request_timeout_s,
 ) -> None:
-    """Serve POST /recommend {"history": [...], "k": 10}, GET /health and GET /metrics over HTTP."""
+    """Serve POST /recommend {"history": [...], "k": 10}, GET /health and GET /metrics over HTTP, and a playground
+    page at GET / (search the catalogue, build a history, see the recommendations and why)."""
     from gloss.edge.recommend import Recommender
     from gloss.edge.server.app import llm_generation
     from gloss.edge.server.transport import make_server
 
     with user_errors():
-        config = ServeConfig(queue_size=queue_size, max_batch=max_batch, request_timeout_s=request_timeout)
+        config = ServeConfig(queue_size=queue_size, max_batch=max_batch, request_timeout_s=request_timeout,
+                             bundle_dir=bundle_dir)
         recommender = Recommender.load(bundle_dir, use_generator=use_llm(llm, last_item), use_fusion=fusion,
                                        constrained=constrained, generation=llm_generation(max_batch))
         server = make_server(recommender, host, port, config)
-        typer.echo(f"serving {bundle_dir} on {server.url} (POST /recommend, GET /health, GET /metrics)", err=True)
+        typer.echo(f"serving {bundle_dir} on {server.url} (playground: {server.url}/; POST /recommend, GET /search, "
+                   "GET /bundle, GET /health, GET /metrics)", err=True)
         try:
             server.serve_forever()  # SIGINT/SIGTERM: finish in-flight requests, reject queued ones, exit
         except KeyboardInterrupt:

@@ -25,12 +25,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import GlossError, InputError, require
 from gloss.edge.generation.generate import GenerationConfig, batched_config
 from gloss.edge.recommend import Recommender
 from gloss.edge.server.metrics import CONTENT_TYPE, ServerMetrics
+from gloss.edge.server.playground import ServerTiming, playground_routes
 from gloss.edge.server.queue import QueueClosedError, QueueFullError, RequestQueue, Worker
 from gloss.edge.server.request import (
     MAX_BODY_BYTES,
@@ -101,6 +103,8 @@ class ServeConfig:
         backlog: Listen backlog of the socket.
         max_connections: Open connections at most; a new request above it gets a JSON 503 (and its connection
             is closed).
+        bundle_dir: The served bundle's folder, for the playground's ``GET /bundle`` facts (None: what the loaded
+            parts tell).
     """
 
     queue_size: int = 64
@@ -112,6 +116,7 @@ class ServeConfig:
     keep_alive_s: float = 5.0
     backlog: int = 2048
     max_connections: int = 1000
+    bundle_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("queue_size", "max_batch", "max_body_bytes", "max_history_items", "backlog", "max_connections"):
@@ -341,7 +346,9 @@ def make_app(service: RecommendService) -> Any:
 
     routes = [Route("/recommend", recommend, methods=["POST"]), Route("/health", health, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"])]
+    routes += playground_routes(service, service.config.bundle_dir)  # GET /, /static/*, /search, /bundle
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error},
                     lifespan=lifespan)
     app.router.redirect_slashes = False  # POST /recommend/ is a 404, never a redirect built from the Host header
+    app.add_middleware(ServerTiming)
     return counted_app(app, service.metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ MAX_K = 1000
 # Items of a history kept (the newest) before any work. A 1024-token context holds far fewer rendered titles
 # (each costs several tokens) and fusion reads only the last few items, so longer histories only cost time.
 MAX_HISTORY_ITEMS = 256
-FIELDS = ("history", "k", "include_seen", "explain", "exclude_seen")  # exclude_seen: the old name, still read
+FIELDS = ("history", "k", "include_seen", "explain", "llm", "exclude_seen")  # exclude_seen: the old name, still read
 Reply = tuple[int, dict[str, Any]]
 
 
@@ -38,8 +39,11 @@ class RecommendRequest:
         history: Catalogue ids, oldest first, at most ``max_history_items``.
         k: Items to return.
         include_seen: Keep items of the history in the answer.
-        explain: Add each item's score split into named parts (gloss.edge.explain).
+        explain: Add each item's score split into named parts (gloss.edge.explain), and for each query the
+            catalogue item whose title it is (``query_items``: an id, or null for a title not in the catalogue).
         dropped: Oldest items dropped by the history cap.
+        llm: False answers without the server's LLM (faster: fusion from the history, or last-item search);
+            True asks for it (400 if the server runs without one); None: the server's setting.
     """
 
     history: tuple[str, ...]
@@ -47,6 +51,7 @@ class RecommendRequest:
     include_seen: bool = False
     explain: bool = False
     dropped: int = 0
+    llm: bool | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -90,7 +95,7 @@ def parse_request(body: bytes, catalog: Catalog, max_history_items: int = MAX_HI
         raise InputError("expected a JSON object with 'history': a list of item ids or titles, oldest first")
     unknown = sorted(set(request) - set(FIELDS))
     if unknown:
-        raise InputError(f"unknown field {unknown[0]!r}: expected {', '.join(FIELDS[:4])}")
+        raise InputError(f"unknown field {unknown[0]!r}: expected {', '.join(FIELDS[:5])}")
     k = request.get("k", 10)
     if not _is_int(k) or not 1 <= k <= MAX_K:
         raise InputError(f"'k' must be an integer in [1, {MAX_K}], got {_show(k)}")
@@ -105,11 +110,38 @@ def parse_request(body: bytes, catalog: Catalog, max_history_items: int = MAX_HI
     if len(history) > len(kept):
         logger.info("history of %d items: kept the newest %d", len(history), len(kept))
     return RecommendRequest(tuple(asins), k, include if include is not None else exclude is False,
-                            bool(_flag(request, "explain")), len(history) - len(kept))
+                            bool(_flag(request, "explain")), len(history) - len(kept), _flag(request, "llm"))
+
+
+_WITHOUT_LLM: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # recommender -> its twin
+
+
+def without_llm(recommender: Recommender) -> Recommender:
+    """The recommender without its generator (the same catalogue, embedder, index and fusion), made once."""
+    from gloss.edge.recommend import Recommender
+
+    twin = _WITHOUT_LLM.get(recommender)
+    if twin is None:
+        twin = Recommender(recommender.catalog, recommender.embedder, recommender.index, None, recommender.fusion,
+                           recommender.exclude_seen)
+        _WITHOUT_LLM[recommender] = twin
+    return twin
+
+
+def exact_item(catalog: Catalog, query: str) -> str | None:
+    """The id of the catalogue item whose title is the query (``Title: ...``) exactly, or None."""
+    try:
+        return catalog.resolve_history([query])[0]
+    except InputError:
+        return None
 
 
 def run_request(recommender: Recommender, request: RecommendRequest) -> Reply:
     """Answer a checked request: 200 with items and queries, 400 on bad input, 500 on a failed run."""
+    if request.llm and recommender.generator is None:
+        return 400, {"error": "'llm': true, but this server runs without the LLM; start gloss-edge serve with --llm"}
+    if request.llm is False and recommender.generator is not None:
+        recommender = without_llm(recommender)
     try:
         result = recommender.recommend(list(request.history), k=request.k, exclude_seen=not request.include_seen,
                                        explain=request.explain)
@@ -119,6 +151,8 @@ def run_request(recommender: Recommender, request: RecommendRequest) -> Reply:
         logger.warning("recommendation failed: %s", exc)
         return 500, {"error": str(exc)}
     reply = result.to_dict()
+    if request.explain:
+        reply["query_items"] = [exact_item(recommender.catalog, query) for query in reply["queries"]]
     if request.dropped:
         reply["history_dropped"] = request.dropped
     return 200, reply
@@ -127,11 +161,11 @@ def run_request(recommender: Recommender, request: RecommendRequest) -> Reply:
 def run_batch(recommender: Recommender, requests: Sequence[RecommendRequest]) -> list[Reply]:
     """Answer several checked requests (the worker's unit of work); the replies equal :func:`run_request`'s.
 
-    With a fusion re-ranker, the requests without ``explain`` share one generation call (``generate_batch``,
+    With a fusion re-ranker, the requests without ``explain`` or ``llm`` share one generation call (``generate_batch``,
     several users' beams per ``llama_decode``, when the generator has it) and one batched index search. If
     that fails (one bad request), each request is answered alone, so one failure never fails the others.
     """
-    batched = [i for i, request in enumerate(requests) if not request.explain]
+    batched = [i for i, request in enumerate(requests) if not request.explain and request.llm is None]
     replies: dict[int, Reply] = {}
     if len(batched) > 1 and recommender.fusion is not None:
         try:

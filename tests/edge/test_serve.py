@@ -72,7 +72,9 @@ def test_explain_adds_each_items_parts_as_the_recommender_does(catalog: Catalog,
     history = list(catalog.asins[20:24])
     status, reply = handle_request(recommender, body(history=history, k=4, explain=True))
     assert status == 200
+    query_items = reply.pop("query_items")  # explain also says which queries are catalogue titles
     assert reply == json.loads(json.dumps(recommender.recommend(history, k=4, explain=True).to_dict()))
+    assert query_items == [catalog.resolve_history([q])[0] for q in reply["queries"]]  # EchoGenerator: exact titles
     assert all(sum(i["explanation"]["parts"].values()) == pytest.approx(i["score"]) for i in reply["items"])
 
 
