@@ -28,6 +28,7 @@ class Objective(str, Enum):
 
     last = "last"
     all = "all"
+    dense = "dense"
 
 
 @app.callback()
@@ -84,6 +85,9 @@ def fit(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
     per_device_batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
+    max_seq_length: Annotated[
+        int | None, typer.Option(help="Longest training text in tokens (oldest history items are cut).")
+    ] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
     load_in_4bit: Annotated[
         bool | None, typer.Option("--load-in-4bit/--no-load-in-4bit", help="Legacy: = --quant nf4/none.")
@@ -105,7 +109,13 @@ def fit(
         typer.Option("--chunked-loss/--no-chunked-loss", help="Logits only at label positions (default on)."),
     ] = None,
     objective: Annotated[
-        Objective | None, typer.Option(help="last = paper (one example per user); all = whole history.")
+        Objective | None,
+        typer.Option(help="last = paper (one example per user); all = every history item, one example each; "
+                     "dense = every history item, one text per user."),
+    ] = None,
+    init_adapter: Annotated[
+        str | None,
+        typer.Option(help="Continue this adapter (shipped name, PEFT folder or run folder) instead of fresh LoRA."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT_DIR.")] = False,
 ) -> None:
@@ -116,10 +126,10 @@ def fit(
     overrides = {
         "data_dir": data_dir, "out_dir": out_dir, "base_model": base_model, "lora_r": lora_r,
         "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
-        "per_device_batch_size": per_device_batch_size, "grad_accum": grad_accum,
+        "per_device_batch_size": per_device_batch_size, "grad_accum": grad_accum, "max_seq_length": max_seq_length,
         "load_in_4bit": load_in_4bit, "quant": quant.value if quant else None, "max_minutes": max_minutes,
         "packing": packing, "pack_length": pack_length, "chunked_loss": chunked_loss,
-        "objective": objective.value if objective else None,
+        "objective": objective.value if objective else None, "init_adapter": init_adapter,
         "resume": True if resume else None,
     }
     with user_errors():

@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUANTS = ("nf4", "none")  # nf4 = the paper's QLoRA; none = LoRA on bf16 (CUDA) or fp32 (CPU) weights
-OBJECTIVES = ("last", "all")  # last = the paper's one example per user; all = every item after the first
+# last = the paper's one example per user; all = every item after the first as its own example; dense = one text
+# per user with every history title after the first and the target labelled (gloss.train.examples).
+OBJECTIVES = ("last", "all", "dense")
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,12 @@ class TrainConfig:
         max_minutes: Time box of the whole ``train()`` call: measure throughput after a short warm-up, plan the
             steps to fit, decay the learning rate to the end of the plan. None = plan by epochs/max_steps.
         eval_steps: Evaluate and save every N steps; None = every epoch (and at the end of a planned run).
-        objective: ``last`` (the paper: one example per training user) or ``all`` (every item after the first
-            of the training history is a target).
+        objective: ``last`` (the paper: one example per training user), ``all`` (every item after the first
+            of the training history is a target of its own example) or ``dense`` (one text per user, the same
+            targets as ``all``: every history title after the first and the target are labelled).
+        init_adapter: Start LoRA from this adapter instead of fresh weights (continue training it): a shipped
+            adapter's name, a PEFT adapter folder or a ``gloss-train fit`` run folder. Its rank, alpha and
+            target modules must equal ``lora_r``, ``lora_alpha`` and ``target_modules``.
         bf16: bf16 compute; None = on when CUDA supports it.
         add_bos_token: Prepend BOS to prompts; None = do what the base tokenizer does. Recorded in the
             manifest so that generation and the edge runtime tokenise the same way.
@@ -85,6 +91,7 @@ class TrainConfig:
     max_minutes: float | None = None
     eval_steps: int | None = None
     objective: str = "last"
+    init_adapter: str | None = None
     bf16: bool | None = None
     add_bos_token: bool | None = None
     seed: int = 42

@@ -31,12 +31,21 @@ from gloss.train.data import MANIFEST_NAME, gloss_version, read_manifest
 from gloss.train.examples import (  # noqa: F401  (re-exported: tests and evaluate import them from here)
     IGNORE_INDEX,
     CompletionCollator,
+    encode_dense,
     encode_example,
+    encode_texts,
     expand_histories,
     load_split_titles,
 )
 from gloss.train.loss import install_completion_loss
-from gloss.train.model import add_lora, load_base_model, resolve_base_model, token_policy, use_bf16
+from gloss.train.model import (
+    add_lora,
+    load_base_model,
+    resolve_base_model,
+    resolve_init_adapter,
+    token_policy,
+    use_bf16,
+)
 from gloss.train.packing import PackingCollator, check_pack_length
 from gloss.train.schedule import (
     ADAPTER_MARKER,
@@ -159,23 +168,22 @@ def training_arguments(config: TrainConfig, checkpoint_dir: Path, plan: StepPlan
 
 
 def encode_splits(config: TrainConfig, tokenizer: Any, policy: Any) -> tuple[list[dict], list[dict]]:
-    """Encoded training examples (``config.objective``) and validation examples.
+    """Encoded training texts (``config.objective``) and validation examples (always the ``last`` text).
 
     Raises:
-        InputError: If a split is empty.
+        InputError: If a split is empty, no text of a split fits ``--max-seq-length``, or ``dense`` has no
+            history title to supervise.
     """
-    def encode(rows: Sequence[tuple[dict[str, Any], list[str], str]]) -> list[dict[str, list[int]]]:
-        return [encode_example(tokenizer, policy, h, t, config.max_seq_length) for _, h, t in rows]
-
     train_rows = load_split_titles(config.data_dir, Split.train)
     if config.objective == "all":
         train_rows = expand_histories(train_rows)
-    train_set = encode(train_rows)
-    eval_set = encode(load_split_titles(config.data_dir, Split.validation, config.eval_max_users))
-    if not train_set or not eval_set:
+    eval_rows = load_split_titles(config.data_dir, Split.validation, config.eval_max_users)
+    if not train_rows or not eval_rows:
         raise InputError(f"{config.data_dir}: empty train or validation split; prepare more users")
-    logger.info("%d training (objective %s) and %d validation examples", len(train_set), config.objective,
-                len(eval_set))
+    train_set = encode_texts(train_rows, config.objective, tokenizer, policy, config.max_seq_length)
+    eval_set = encode_texts(eval_rows, "last", tokenizer, policy, config.max_seq_length, "validation")
+    logger.info("%d training texts (objective %s, %d next-item targets) and %d validation examples",
+                len(train_set), config.objective, sum(e["num_targets"] for e in train_set), len(eval_set))
     return train_set, eval_set
 
 
@@ -241,13 +249,14 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
     out_dir, checkpoint_dir = config.out_dir, config.out_dir / "checkpoints"
     resume_from = _resume_arg(config, checkpoint_dir)
     base = resolve_base_model(config.base_model)
+    init_adapter_dir = resolve_init_adapter(config, base)
     logger.info("train config: %s", json.dumps({**config.to_dict(), "base_model": base}))
     transformers.set_seed(config.seed)
     model, tokenizer = load_base_model(config, base)
     policy = token_policy(tokenizer, config.add_bos_token)
     train_set, eval_set = encode_splits(config, tokenizer, policy)
     collator = make_collator(config, policy.pad_token_id, train_set, eval_set)
-    model = add_lora(model, config)
+    model = add_lora(model, config, init_adapter_dir)
     if config.chunked_loss:
         install_completion_loss(model, config.loss_chunk_size)
     if config.packing:
@@ -281,6 +290,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
             "data": {"dir": str(config.data_dir),
                      "manifest_sha256": sha256_file(config.data_dir / MANIFEST_NAME),
                      "counts": data_manifest.get("counts"), "train_examples": len(train_set),
+                     "train_targets": sum(e["num_targets"] for e in train_set),
                      "eval_examples": len(eval_set)},
             "plan": None if plan is None else {**plan.__dict__, "epochs": plan.epochs},
             "result": {"global_step": state.global_step, "epoch": state.epoch,

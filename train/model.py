@@ -7,6 +7,7 @@ Loading from a HF folder, hub id or ``.gguf`` file goes through :func:`gloss.exp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -156,8 +157,52 @@ def gguf_as_hf_dir(source: str, hf_dir: Path, dtype: Any) -> Path:
     return hf_dir
 
 
-def add_lora(model: Any, config: TrainConfig) -> Any:
+def resolve_init_adapter(config: TrainConfig, base: str) -> Path | None:
+    """The adapter folder ``config.init_adapter`` names, checked against the base and the LoRA settings.
+
+    Args:
+        config: Training settings (``init_adapter``, ``lora_r``, ``lora_alpha``, ``target_modules``).
+        base: The resolved base model of this run.
+
+    Returns:
+        The PEFT adapter folder, or None when the run starts from fresh LoRA weights.
+
+    Raises:
+        InputError: If the adapter is not found, a shipped adapter is asked to continue on another base, or its
+            rank, alpha or target modules differ from the run's.
+    """
+    if config.init_adapter is None:
+        return None
+    from gloss.export.generator import resolve_adapter
+    from gloss.export.merge import ADAPTER_CONFIG, resolve_adapter_dir
+
+    source = resolve_adapter(config.init_adapter)  # a shipped adapter also checks the installed base's SHA-256
+    if source.base_model is not None and Path(base).resolve() != Path(source.base_model).resolve():
+        raise InputError(f"--init-adapter {config.init_adapter} was trained on {source.base_model.name}, not "
+                         f"{base}; leave --base-model unset to continue it on its own base")
+    folder = resolve_adapter_dir(source.adapter_dir)
+    try:
+        lora = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        have = {"lora-r": lora["r"], "lora-alpha": lora["lora_alpha"],
+                "target-modules": sorted(lora["target_modules"])}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{folder / ADAPTER_CONFIG}: not a LoRA adapter config ({exc})") from exc
+    want = {"lora-r": config.lora_r, "lora-alpha": config.lora_alpha,
+            "target-modules": sorted(config.target_modules)}
+    wrong = [f"--{flag} {want[flag]} (the adapter has {have[flag]})" for flag in want if have[flag] != want[flag]]
+    if wrong:
+        raise InputError(f"--init-adapter {config.init_adapter}: {'; '.join(wrong)}; use the adapter's settings")
+    return folder
+
+
+def add_lora(model: Any, config: TrainConfig, init_adapter_dir: Path | None = None) -> Any:
     """``prepare_model_for_kbit_training`` + LoRA (task CAUSAL_LM) on ``config.target_modules``.
+
+    Args:
+        model: The base causal LM.
+        config: Training settings.
+        init_adapter_dir: Start from this adapter's weights (:func:`resolve_init_adapter`), trainable, with the
+            run's dropout; None = fresh LoRA weights.
 
     Raises:
         InputError: If a target module is not in the model.
@@ -170,15 +215,21 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
                          "LLaMA blocks have q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     # A no-op for fp32 models apart from freezing the base; casts norms and enables checkpointing in 4-bit.
     model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.load_in_4bit)
-    lora = peft.LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = peft.get_peft_model(model, lora)
+    if init_adapter_dir is not None:
+        lora = peft.LoraConfig.from_pretrained(str(init_adapter_dir))
+        lora.lora_dropout, lora.inference_mode = config.lora_dropout, False
+        model = peft.PeftModel.from_pretrained(model, str(init_adapter_dir), config=lora, is_trainable=True)
+        logger.info("LoRA weights start from %s", init_adapter_dir)
+    else:
+        lora = peft.LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = peft.get_peft_model(model, lora)
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,18 @@ def make_config(prepared_dir: Path, tiny_llama_dir: Path, tmp_path: Path):
         return TrainConfig(**{**defaults, **kw})
 
     return make
+
+
+@pytest.fixture
+def one_item_histories_dir(tmp_path):
+    """Prepared data where every training user's history has one item (each user bought 3 items)."""
+    from gloss.train.data import prepare_data
+
+    items = tmp_path / "items.jsonl.gz"
+    sequences = tmp_path / "sequences.jsonl.gz"
+    with gzip.open(items, "wt") as handle:
+        handle.writelines(json.dumps({"asin": f"A{i}", "title": f"Item {i}"}) + "\n" for i in range(30))
+    with gzip.open(sequences, "wt") as handle:
+        handle.writelines(json.dumps({"user": f"u{u}", "items": [f"A{3 * u + j}" for j in range(3)]}) + "\n"
+                          for u in range(10))
+    return prepare_data(tmp_path / "data", items_path=items, sequences_path=sequences, validation_fraction=0.3)

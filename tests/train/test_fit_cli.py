@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gloss.train.cli import app
+from tests.fakes import error_line
 
 
 @pytest.mark.parametrize(
@@ -16,7 +17,12 @@ from gloss.train.cli import app
         (["--quant", "int3"], None, "'int3' is not one of 'nf4', 'none'"),
         ([], "quant: int3\n", "--quant must be one of nf4, none, got 'int3'"),
         (["--quant", "nf4", "--no-load-in-4bit"], None, "--quant nf4 contradicts load_in_4bit=False"),
-        (["--objective", "every"], None, "'every' is not one of 'last', 'all'"),
+        (["--objective", "every"], None, "'every' is not one of 'last', 'all', 'dense'"),
+        ([], "objective: every\n", "--objective must be one of last, all, dense, got 'every'"),
+        (["--objective", "dense", "--max-seq-length", "64"], None,
+         "all 20 training texts exceed --max-seq-length 64 even with only their last history item"),
+        (["--max-seq-length", "64"], None, "all 20 training texts exceed --max-seq-length 64"),
+        (["--init-adapter", "no-such-adapter"], None, "--adapter no-such-adapter: no such folder"),
         ([], "max_minutes: 5\npackng: true\n", "unknown key(s) packng"),
         (["--pack-length", "64"], None, "--pack-length 64 is shorter than the longest example"),
     ],
@@ -36,3 +42,13 @@ def test_fit_rejects_bad_input_with_one_error_line(prepared_dir, tiny_llama_dir,
     assert len(errors) == 1 and "Traceback" not in result.output, result.output  # other lines: INFO logs
     assert message in errors[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_fit_dense_where_every_history_has_one_item_is_one_error_line(one_item_histories_dir, tiny_llama_dir,
+                                                                      tmp_path):
+    result = CliRunner().invoke(app, ["fit", "--data-dir", str(one_item_histories_dir), "--out-dir",
+                                      str(tmp_path / "run"), "--base-model", str(tiny_llama_dir), "--quant", "none",
+                                      "--objective", "dense"])
+    assert result.exit_code == 2, result.output
+    assert "--objective dense: none of the 7 training texts has a history title to supervise" in error_line(result)
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "checkpoints").exists()

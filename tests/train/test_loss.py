@@ -122,6 +122,30 @@ def test_packed_rows_attend_across_examples_without_restarted_positions(lora_mod
     assert abs(_loss_and_grads(model, packed)[0].item() - reference[0].item()) > 1e-3
 
 
+@pytest.mark.parametrize("chunk_size", [7, 4096])
+def test_dense_loss_is_the_same_packed_or_padded(lora_model, tiny_llama_dir, prepared_dir, chunk_size):
+    """Dense texts (many label spans each): packed + chunked == transformers' loss on padded full logits."""
+    from transformers import AutoTokenizer
+
+    from gloss.train.examples import CompletionCollator, encode_texts, load_split_titles
+    from gloss.train.loss import install_completion_loss
+    from gloss.train.model import token_policy
+    from gloss.train.packing import PackingCollator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    policy = token_policy(tokenizer)
+    features = encode_texts(load_split_titles(prepared_dir, Split.train)[4:8], "dense", tokenizer, policy, 200)
+    assert sum(f["num_targets"] for f in features) > len(features)
+    reference = _loss_and_grads(lora_model, CompletionCollator(policy.pad_token_id)(features))
+    model = copy.deepcopy(lora_model)
+    model.config.use_cache = False
+    install_completion_loss(model, chunk_size=chunk_size)
+    lengths = sorted(len(f["input_ids"]) for f in features)
+    packed = PackingCollator(policy.pad_token_id, lengths[-1] + lengths[0])(features)
+    assert packed["input_ids"].shape[0] < len(features)
+    _assert_close(reference, _loss_and_grads(model, packed))
+
+
 def test_pack_rows_keeps_every_example_once_within_the_length():
     from gloss.train.packing import pack_rows
 
