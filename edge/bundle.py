@@ -193,10 +193,19 @@ def _trie_file(manifest: dict[str, Any]) -> str | None:
 
 
 def _safe_relative(bundle_dir: Path, rel: str) -> Path:
+    """``bundle_dir / rel`` for a manifest path that stays in the folder: relative, no ``..``, no symbolic link
+    on the way (a bundle holds its own files; a link could point anywhere once the bundle is copied or served)."""
     pure = PurePosixPath(rel)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
         raise InputError(f"{bundle_dir / MANIFEST_NAME}: file path {rel!r} leaves the bundle; {BUILD_HINT}")
-    return bundle_dir.joinpath(*pure.parts)
+    path = bundle_dir
+    for part in pure.parts:
+        path = path / part
+        if path.is_symlink():
+            raise InputError(f"{path}: a symbolic link; a bundle holds its own files, not links; {BUILD_HINT}")
+    if not path.resolve().is_relative_to(bundle_dir.resolve()):  # belt and braces: nothing above may escape
+        raise InputError(f"{path}: resolves outside the bundle folder; {BUILD_HINT}")
+    return path
 
 
 def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool) -> None:

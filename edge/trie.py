@@ -22,6 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +36,11 @@ from gloss.edge.errors import InputError
 from gloss.edge.files import atomic_path, check_input_file
 
 logger = logging.getLogger(__name__)
+
+# What np.load raises on a damaged .npz (a zip): a missing or broken directory, a member cut short, a bad CRC or
+# compressed stream, a header numpy cannot parse (TokenError); and a meta record of the wrong shape.
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+              RuntimeError, tokenize.TokenError)
 
 TRIE_FORMAT_VERSION = 1
 ARRAYS = ("offsets", "tokens", "leaf_nodes", "leaf_offsets", "leaf_items")
@@ -245,8 +253,8 @@ class TokenTrie:
                 raw = json.loads(str(data["meta"]))
                 arrays = {name: np.ascontiguousarray(data[name]) for name in ARRAYS}
             meta = TrieMeta(**{**raw, "end_token_ids": tuple(raw["end_token_ids"])})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{path}: not a gloss token trie ({exc}); {REBUILD_HINT}") from None
+        except NPZ_ERRORS as exc:
+            raise InputError(f"{path}: not a gloss token trie ({type(exc).__name__}: {exc}); {REBUILD_HINT}") from None
         if meta.format_version != TRIE_FORMAT_VERSION:
             raise InputError(
                 f"{path}: trie format {meta.format_version}, expected {TRIE_FORMAT_VERSION}; {REBUILD_HINT}"
