@@ -23,7 +23,7 @@ from gloss.edge.bundle import (
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
-from gloss.edge.files import check_input_file, sha256_file
+from gloss.edge.files import check_input_file, read_jsonl_lines, sha256_file
 from gloss.edge.fusion import FusionConfig
 from gloss.edge.generation.gguf_header import check_gguf
 from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, METRIC, ItemIndex
@@ -140,6 +140,8 @@ def build_bundle(
         check_holdout(holdout)
         check_input_file(Path(sequences_path), "sequences file")
     catalog = load_catalog(catalog_path)
+    if sequences_path is not None:
+        check_sequences(Path(sequences_path), catalog, holdout)  # an unknown item fails now, not after embedding
     if gguf_path is not None or adapter is not None:
         check_titles(catalog.titles)  # the generator's trie needs every title; fail before the slow steps
     name = name or catalog_path.name.split(".")[0]
@@ -248,6 +250,27 @@ def add_fusion(
         return _fusion_section(tmp, bundle.catalog, Path(sequences_path), holdout, window, decay, config)
 
     return _rewrite_bundle(Path(bundle_dir), "fusion", COPURCHASE_FILE, write)
+
+
+def check_sequences(sequences_path: Path, catalog: Catalog, holdout: int = 0) -> None:
+    """Check every ``{"user", "items"}`` row against the catalogue, one row at a time (nothing is kept); the last
+    ``holdout`` items of each user are not read by the statistics, so they are not checked either.
+
+    Raises:
+        InputError: Naming the line of the first malformed row or item that is not in ``catalog``.
+    """
+    num_rows = 0
+    for number, row in read_jsonl_lines(sequences_path):
+        user, items = row.get("user"), row.get("items")
+        if not isinstance(user, str) or not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise InputError(f"{sequences_path}:{number}: needs 'user' (string) and 'items' (list of item ids)")
+        for asin in items[: len(items) - holdout] if holdout else items:
+            if asin not in catalog:
+                raise InputError(f"{sequences_path}:{number}: user {user}: item {asin!r} is not in the catalogue; "
+                                 "use the catalogue the sequences were built with")
+        num_rows += 1
+    if not num_rows:
+        raise InputError(f"{sequences_path}: no user sequences")
 
 
 def check_holdout(holdout: int) -> None:

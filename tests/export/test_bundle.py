@@ -239,3 +239,22 @@ def test_bundle_with_bad_sequences_writes_nothing(embedder_dir: Path, tmp_path: 
                                           "--sequences", *args])
         assert result.exit_code == 2 and message in result.output
         assert not (tmp_path / "b").exists()
+
+
+def test_bundle_checks_sequences_against_the_catalogue_before_embedding(embedder_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    """An unknown item on the last line fails at once, not after the whole catalogue is embedded (issue 17)."""
+    rows = (FIXTURES / "beauty_sequences.jsonl").read_text().splitlines()[:5]
+    bad = tmp_path / "seq.jsonl"
+    bad.write_text("\n".join([*rows, '{"user": "u9", "items": ["B000052YM7", "NOT-AN-ITEM"]}']) + "\n")
+
+    def embed(*args, **kwargs):
+        raise AssertionError("the catalogue was embedded before the sequences were checked")
+
+    monkeypatch.setattr(OnnxEmbedder, "embed", embed)
+    with pytest.raises(InputError, match=r"seq\.jsonl:6: user u9: item 'NOT-AN-ITEM' is not in the catalogue"):
+        build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, sequences_path=bad)
+    bad.write_text('{"user": "u9", "items": "B000052YM7"}\n')
+    with pytest.raises(InputError, match=r"seq\.jsonl:1: needs 'user' \(string\) and 'items'"):
+        build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, sequences_path=bad)
+    assert not (tmp_path / "b").exists()
