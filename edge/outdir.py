@@ -247,11 +247,12 @@ def swap_into_place(space: Workspace, path: Path) -> None:
 # --- the public entry point ---
 
 
-def check_replaceable(path: Path, marker: str) -> None:
-    """Raise InputError unless ``path`` is absent, an empty folder, or a folder holding ``marker``."""
+def check_replaceable(path: Path, marker: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise InputError unless ``path`` is absent, an empty folder (entries named in ``ignore`` aside), or a folder
+    holding ``marker``."""
     if path.is_file():
         raise InputError(f"{path}: is a file; give a folder path for the output")
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+    if path.is_dir() and any(p.name not in ignore for p in path.iterdir()) and not (path / marker).is_file():
         raise InputError(
             f"{path}: folder exists and has no {marker}, so it was not written by gloss; "
             "choose a new or empty output folder"
@@ -259,19 +260,20 @@ def check_replaceable(path: Path, marker: str) -> None:
 
 
 @contextmanager
-def atomic_dir(path: Path, marker: str) -> Iterator[Path]:
+def atomic_dir(path: Path, marker: str, ignore: tuple[str, ...] = ()) -> Iterator[Path]:
     """Build a folder in a work folder beside ``path``; swap it into place only if the block succeeds.
 
     An existing ``path`` is replaced only if it is empty or holds ``marker`` (the file that shows it was
     written by gloss), so a mistyped ``--out-dir`` never deletes an unrelated folder. What interrupted
     writers of the same ``path`` left behind is removed first (only once their process is gone), and the
-    result follows the user's umask.
+    result follows the user's umask. Entries named in ``ignore`` do not make a folder without ``marker`` foreign
+    (e.g. the download folder ``gloss-train prepare`` keeps inside its output; the block carries them over).
 
     Raises:
         InputError: If ``path`` is a file, a non-empty folder without ``marker``, or cannot be created there.
     """
     path = Path(path)
-    check_replaceable(path, marker)
+    check_replaceable(path, marker, ignore)
     make_parent_dir(path)
     remove_stale(path)
     try:
@@ -280,7 +282,7 @@ def atomic_dir(path: Path, marker: str) -> Iterator[Path]:
         raise InputError(f"{path}: cannot create the output folder there ({exc.strerror})") from None
     try:
         yield space.work
-        check_replaceable(path, marker)
+        check_replaceable(path, marker, ignore)
         swap_into_place(space, path)
     finally:
         space.remove()

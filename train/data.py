@@ -11,7 +11,9 @@ import ast
 import gzip
 import json
 import logging
+import os
 import re
+import shutil
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -23,6 +25,7 @@ from typing import Any
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.errors import GlossError, InputError
 from gloss.edge.files import atomic_path, sha256_file, write_json_atomic, write_jsonl_atomic
+from gloss.edge.outdir import atomic_dir, check_replaceable
 from gloss.edge.prompt import MAX_TITLE_WORDS, clean_title
 from gloss.edge.splits import (
     DEFAULT_SEED,
@@ -38,6 +41,7 @@ from gloss.edge.splits import (
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "gloss_manifest.json"
+RAW_DIR = "raw"  # downloads of --category, kept inside the output folder
 SPLIT_FILES = {split: f"{split.value}.jsonl.gz" for split in Split}
 RAW_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/{name}"
 # Short names for the paper's three categories; any other 2014 category name is used as given.
@@ -111,6 +115,8 @@ def read_meta_titles(meta_path: Path, wanted: set[str], max_title_words: int) ->
             row = ast.literal_eval(line)
         except (ValueError, SyntaxError) as exc:
             raise InputError(f"{meta_path}:{number}: not a Python dict literal ({exc})") from exc
+        except (RecursionError, MemoryError):  # the parser's limits: MemoryError is its stack overflowing
+            raise InputError(f"{meta_path}:{number}: not a Python dict literal (nested too deeply)") from None
         if not isinstance(row, dict) or not isinstance(row.get("asin"), str):
             raise InputError(f"{meta_path}:{number}: expected a dict with an 'asin'")
         title = clean_title(row.get("title") or "", max_title_words)
@@ -247,7 +253,8 @@ def prepare_data(
     files), or ``category`` (raw files looked up in ``out_dir/raw``, fetched there with ``download=True``).
 
     Args:
-        out_dir: Output folder (created; existing outputs are replaced file by file, the manifest last).
+        out_dir: Output folder: new, empty, or an earlier prepare output, which is replaced whole (built beside
+            it and swapped in; its ``raw/`` download folder is kept).
         items_path: ``{asin, title}`` JSONL(.gz).
         sequences_path: ``{user, items: [asin]}`` JSONL(.gz), items in time order.
         reviews_path: ``reviews_<Cat>_5.json.gz``.
@@ -263,7 +270,8 @@ def prepare_data(
         ``out_dir``.
 
     Raises:
-        InputError: For missing/contradictory inputs or malformed files.
+        InputError: For missing/contradictory inputs, malformed files, or an output folder that is not a prepare
+            output or cannot be created.
         GlossError: If a download fails.
     """
     out_dir = Path(out_dir)
@@ -271,6 +279,7 @@ def prepare_data(
         raise InputError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
     if max_title_words < 1:
         raise InputError(f"--max-title-words must be >= 1, got {max_title_words}")
+    check_prepare_dir(out_dir)  # before any download or slow read
     mode, inputs = _resolve_inputs(out_dir, items_path, sequences_path, reviews_path, meta_path, category,
                                    download)
     if mode == "jsonl":
@@ -282,24 +291,63 @@ def prepare_data(
     raw_paths = [str(p) for p in inputs] if mode == "raw" else [None, None]
     config = PrepareConfig(mode, *jsonl_paths, *raw_paths, category, validation_fraction, seed,
                            max_title_words, drop_unknown)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    save_catalog(catalog, out_dir / "items.jsonl.gz")
-    seq_rows = ({"user": s.user, "items": list(s.items)} for s in sequences)
-    write_jsonl_atomic(out_dir / "sequences.jsonl.gz", seq_rows)
-    for split, rows in splits.items():
-        write_jsonl_atomic(out_dir / SPLIT_FILES[split], rows)
     counts = {"items": len(catalog), "users": len(sequences),
               "interactions": sum(len(s.items) for s in sequences),
               **{split.value: len(rows) for split, rows in splits.items()}}
     files = ["items.jsonl.gz", "sequences.jsonl.gz", *SPLIT_FILES.values()]
-    write_json_atomic(out_dir / MANIFEST_NAME, {
-        "stage": "prepare", "gloss_version": gloss_version(), "config": asdict(config), "counts": counts,
-        "inputs": {str(p): sha256_file(p) for p in inputs},
-        "files": {name: sha256_file(out_dir / name) for name in files},
-    })
+    with atomic_dir(out_dir, marker=MANIFEST_NAME, ignore=(RAW_DIR,)) as tmp:
+        _link_tree(out_dir / RAW_DIR, tmp / RAW_DIR)
+        save_catalog(catalog, tmp / "items.jsonl.gz")
+        write_jsonl_atomic(tmp / "sequences.jsonl.gz", ({"user": s.user, "items": list(s.items)} for s in sequences))
+        for split, rows in splits.items():
+            write_jsonl_atomic(tmp / SPLIT_FILES[split], rows)
+        write_json_atomic(tmp / MANIFEST_NAME, {
+            "stage": "prepare", "gloss_version": gloss_version(), "config": asdict(config), "counts": counts,
+            "inputs": {str(p): sha256_file(p) for p in inputs},
+            "files": {name: sha256_file(tmp / name) for name in files},
+        })
     logger.info("prepared %s: %s", out_dir, counts)
     return out_dir
+
+
+def check_prepare_dir(out_dir: Path) -> None:
+    """Raise InputError unless ``out_dir`` may take prepare's output: absent, empty, holding only its ``raw/``
+    download folder, or an earlier prepare output (a folder of another stage or of the user is never replaced)."""
+    out_dir = Path(out_dir)
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():  # e.g. a/file/sub: fail now, not after reading the inputs
+        raise InputError(f"{out_dir}: cannot create the folder there: {ancestor} is not a folder")
+    manifest = out_dir / MANIFEST_NAME
+    if out_dir.is_dir() and manifest.is_file():
+        try:
+            stage = json.loads(manifest.read_text(encoding="utf-8")).get("stage")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            stage = None
+        if stage != "prepare":
+            raise InputError(f"{out_dir}: holds the output of stage {stage!r}, not of gloss-train prepare; "
+                             "choose a new or empty output folder")
+    check_replaceable(out_dir, MANIFEST_NAME, ignore=(RAW_DIR,))
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link every file of ``source`` into ``target`` (a copy where links are impossible); nothing if absent.
+
+    Links keep a large download in place until the new folder is swapped in, and cost no space or time.
+    """
+    if not source.is_dir():
+        return
+    for path in sorted(source.rglob("*")):
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
 
 
 def _resolve_inputs(

@@ -14,6 +14,7 @@ from gloss.edge.files import read_jsonl, write_jsonl_atomic
 from gloss.edge.splits import Split, load_sequences, make_examples, validation_users
 from gloss.train.cli import app
 from gloss.train.data import prepare_data
+from tests.fakes import error_line
 
 RAW = Path(__file__).resolve().parents[1] / "fixtures" / "raw2014"
 BEAUTY = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2014" / "beauty"
@@ -152,3 +153,80 @@ def test_prepare_finds_category_files_in_raw_dir(tmp_path):
             handle.write((RAW / src).read_text())
     out = prepare_data(tmp_path / "d", category="Tiny")
     assert [r["user"] for r in _rows(out / "sequences.jsonl.gz")] == ["U1", "U2", "U5"]
+
+
+# --- issue 17: prepare writes its folder atomically, refuses foreign folders and bad paths; deep meta lines ---
+
+
+def _prepare_tiny(out: Path, **kwargs) -> Path:
+    return prepare_data(out, reviews_path=RAW / "reviews_Tiny_5.json", meta_path=RAW / "meta_Tiny.json", **kwargs)
+
+
+def test_prepare_refuses_a_non_empty_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"has no gloss_manifest\.json.*choose a new or empty output folder"):
+        _prepare_tiny(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    result = CliRunner().invoke(app, ["prepare", str(out), "--reviews", str(RAW / "reviews_Tiny_5.json"),
+                                      "--meta", str(RAW / "meta_Tiny.json")])
+    assert result.exit_code == 2 and "choose a new or empty output folder" in error_line(result)
+
+
+def test_prepare_refuses_the_folder_of_another_stage(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "gloss_manifest.json").write_text(json.dumps({"stage": "train"}))
+    (out / "adapter").mkdir()
+    with pytest.raises(InputError, match=r"stage 'train'.*not of gloss-train prepare"):
+        _prepare_tiny(out)
+    assert (out / "adapter").is_dir()
+
+
+def test_prepare_replaces_its_own_output_whole(tmp_path):
+    out = _prepare_tiny(tmp_path / "d", validation_fraction=0.5)
+    (out / "stale.txt").write_text("left by hand")
+    again = _prepare_tiny(tmp_path / "d")
+    assert again == out
+    assert json.loads((out / "gloss_manifest.json").read_text())["config"]["validation_fraction"] == 0.05
+    assert not (out / "stale.txt").exists()  # the folder was swapped, not patched file by file
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no work folder left beside it
+
+
+def test_prepare_keeps_the_raw_download_folder(tmp_path):
+    raw = tmp_path / "d" / "raw"
+    raw.mkdir(parents=True)
+    for name, src in (("reviews_Tiny_5.json.gz", "reviews_Tiny_5.json"), ("meta_Tiny.json.gz", "meta_Tiny.json")):
+        with gzip.open(raw / name, "wt") as handle:
+            handle.write((RAW / src).read_text())
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    for _ in range(2):  # a folder holding only raw/ is accepted, and raw/ survives each swap
+        out = prepare_data(tmp_path / "d", category="Tiny")
+        assert {p.name: p.read_bytes() for p in (out / "raw").iterdir()} == before
+
+
+@pytest.mark.parametrize("where", ["afile/sub", "afile/sub/deeper"])
+def test_prepare_into_a_path_that_cannot_be_a_folder_is_one_error_line(tmp_path, where):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / where), "--reviews",
+                                      str(RAW / "reviews_Tiny_5.json"), "--meta", str(RAW / "meta_Tiny.json")])
+    assert result.exit_code == 2, result.output
+    assert str(tmp_path / "afile") in error_line(result) and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / "afile"), "--reviews",
+                                      str(RAW / "reviews_Tiny_5.json"), "--meta", str(RAW / "meta_Tiny.json")])
+    assert result.exit_code == 2 and "is a file" in error_line(result)
+
+
+@pytest.mark.parametrize("value", ["1" + "+1" * 20_000, "-" * 20_000 + "1", "[" * 20_000 + "]" * 20_000],
+                         ids=["recursion", "parser-stack", "nesting"])
+def test_a_meta_line_nested_too_deeply_is_one_error_naming_the_line(tmp_path, value):
+    lines = (RAW / "meta_Tiny.json").read_text().splitlines()
+    lines.insert(1, f"{{'asin': 'A', 'title': 'Deep', 'price': {value}}}")
+    meta = tmp_path / "meta.json"
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"^{meta}:2: not a Python dict literal"):
+        prepare_data(tmp_path / "d", reviews_path=RAW / "reviews_Tiny_5.json", meta_path=meta)
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / "d"), "--reviews", str(RAW / "reviews_Tiny_5.json"),
+                                      "--meta", str(meta)])
+    assert result.exit_code == 2 and f"{meta}:2: not a Python dict literal" in error_line(result)
