@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gloss.edge.errors import InputError, require
-from gloss.edge.files import sha256_file, write_json_atomic
+from gloss.edge.files import make_parent_dir, sha256_file, write_json_atomic
 from gloss.edge.outdir import atomic_dir
 from gloss.edge.splits import Split
 from gloss.train.config import TrainConfig
@@ -248,6 +248,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
     data_manifest = read_manifest(config.data_dir)
     out_dir, checkpoint_dir = config.out_dir, config.out_dir / "checkpoints"
     resume_from = _resume_arg(config, checkpoint_dir)
+    make_parent_dir(out_dir / MANIFEST_NAME)  # creates out_dir, or one Error line (a file in the way), before the load
     base = resolve_base_model(config.base_model)
     init_adapter_dir = resolve_init_adapter(config, base)
     logger.info("train config: %s", json.dumps({**config.to_dict(), "base_model": base}))
@@ -261,7 +262,6 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> Path:
         install_completion_loss(model, config.loss_chunk_size)
     if config.packing:
         model.config.use_cache = False  # transformers only reads packed position_ids when there is no cache
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan, budget = None, TimeBudgetCallback()
     if config.max_minutes is not None:
         plan = plan_run(config, model, collator, train_set, eval_set, started, resume_from is not None)
