@@ -15,6 +15,7 @@ from gloss.edge.files import STDIN, read_text, write_json_atomic
 from gloss.edge.logs import setup_logging
 from gloss.edge.metrics import POWER_MIN, POWER_MIN_DEFAULT
 from gloss.edge.recommend import RetrievalConfig
+from gloss.edge.report.runs import REPORT_K, prepare_report
 from gloss.edge.server.app import ServeConfig
 from gloss.edge.splits import DEFAULT_SEED, Split
 
@@ -79,29 +80,50 @@ def eval_command(
     save_queries: Annotated[Path | None, typer.Option("--save-queries", help="Write each user's queries as a "
                                                       "queries file (e.g. what the bundle's LLM wrote).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+    report_path: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
+                                                     "(plots; needs gloss[plot]). Ranks 50 items per user, and the "
+                                                     "JSON (--out, --json) then carries each user's rank.")] = None,
+    compare_path: Annotated[Path | None, typer.Option("--compare", help="With --report: an earlier run's --out "
+                                                      "JSON (written with --report) to show side by side, paired "
+                                                      "by user, with bootstrap 95% intervals.")] = None,
 ) -> None:
     """Score a query source on a bundle: Recall@5/10, NDCG@5/10, MRR, per user segment."""
+    import functools
+    import sys
+
     from gloss.edge.bundle import load_bundle
     from gloss.edge.evaluate import evaluate, format_report, load_cases
 
     with user_errors():
+        other = prepare_report(report_path, compare_path)
         bundle = load_bundle(bundle_dir)
         cases = load_cases(bundle, source.value, queries_path, sequences_path, split, max_users, seed, fusion,
                            constrained=constrained)
         index = bundle.open_index()
         config = RetrievalConfig(
-            k=10, per_query=per_query or (10 if source is Source.last_item else 1), exclude_seen=bool(exclude_seen),
-            ties=ties.value,
+            k=10 if report_path is None else REPORT_K, per_query=per_query or (10 if source is Source.last_item else 1),
+            exclude_seen=bool(exclude_seen), ties=ties.value,
         )
         ranker = bundle.open_fusion(index) if fusion else None
         if ranker is not None and exclude_seen is not None:
             ranker = ranker.with_config(exclude_seen=exclude_seen)
         power = power_min if power_min is not None else POWER_MIN.get(bundle.name, POWER_MIN_DEFAULT)
-        report = evaluate(cases, bundle.catalog, bundle.open_embedder(), index, config,
-                          source=source.value, power_min=power, details_path=details_path, queries_path=save_queries,
-                          fusion=ranker)
+        score = functools.partial(evaluate, catalog=bundle.catalog, embedder=bundle.open_embedder(), index=index,
+                                  config=config, source=source.value, power_min=power, queries_path=save_queries,
+                                  fusion=ranker)
+        if report_path is None:
+            report = score(cases, details_path=details_path)
+        else:
+            from gloss.edge.report.runs import evaluate_with_ranks
+
+            report = evaluate_with_ranks(lambda c, d: score(c, details_path=d), cases, details_path)
         if out_path is not None:
             write_json_atomic(out_path, report.to_dict())
+        if report_path is not None:
+            from gloss.edge.report.html import write_eval_report
+
+            write_eval_report(report_path, report.to_dict(), other, title=str(bundle_dir),
+                              command=" ".join(["gloss-edge", *sys.argv[1:]]))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 

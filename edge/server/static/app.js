@@ -89,11 +89,13 @@ function showFacts(facts) {
   const llm = $("llm");
   llm.disabled = !facts.llm.loaded;
   llm.checked = facts.llm.loaded;
-  $("llm-label").title = facts.llm.loaded
-    ? "Untick to answer without the LLM's beam search (faster)."
+  const note = facts.llm.loaded
+    ? "The LLM writes titles for every answer; untick to answer without its beam search (faster)."
     : facts.generator.present
-      ? "The server was started without the LLM: gloss-edge serve --llm loads it."
-      : "This bundle has no generator.";
+      ? "The server runs without the bundle's LLM (its fusion weights give it no say); gloss-edge serve --llm loads it."
+      : "This bundle has no generator (LLM): recommendations come from the history alone.";
+  $("llm-label").title = note;
+  $("llm-note").textContent = note;
 }
 
 async function loadFacts() {
@@ -235,6 +237,7 @@ async function runRecommend() {
     return;
   }
   showRecommendations(reply);
+  $("items").dataset.history = body.history.join(" "); // which history the list answers (tests wait on it)
 }
 
 function partLabel(name) {
