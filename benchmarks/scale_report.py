@@ -1,0 +1,202 @@
+"""Results of benchmarks/scale.py: the JSON, the Markdown table with fitted exponents and issue 16's goals, and
+the log-log plot of every cost against the catalogue size."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROW_KEYS = ("items", "build_s", "build_peak_rss_mb", "embed_titles_per_s", "index_s", "copurchase_s", "bundle_mb",
+            "cold_recommend_s", "cold_recommend_rss_mb", "serve_p50_ms", "serve_p95_ms", "serve_rss_mb",
+            "update_1k_s", "ann_recall_at_10")  # the issue's keys, in its order: other tools read them
+SERIES = {  # cost -> plot panel (unit)
+    "build_s": "s", "index_s": "s", "copurchase_s": "s", "cold_recommend_s": "s", "update_1k_s": "s",
+    "build_peak_rss_mb": "MiB", "bundle_mb": "MiB", "cold_recommend_rss_mb": "MiB", "serve_rss_mb": "MiB",
+    "serve_p50_ms": "ms", "serve_p95_ms": "ms",
+}
+GOAL_N = 1_000_000
+BIG_N = 10_000_000
+GIB = 1024  # MiB: every "MB" here is 2**20 bytes, so the issue's 4 GB is 4096
+UPDATE_FLAT_EXPONENT = 0.2  # "grows with the items added, not with N": update time ~ N^b with b at most this
+
+
+def fit(rows: list[dict[str, Any]], key: str) -> tuple[float, float] | None:
+    """``(exponent, log intercept)`` of ``key ~ c * N^exponent`` over the timed rows, None below 2 points."""
+    points = [(r["items"], r[key]) for r in rows if not r.get("memory_only") and (r.get(key) or 0) > 0]
+    if len({n for n, _ in points}) < 2:
+        return None
+    slope, intercept = np.polyfit(np.log([n for n, _ in points]), np.log([v for _, v in points]), 1)
+    return float(slope), float(intercept)
+
+
+def predict(fitted: tuple[float, float] | None, n: int) -> float | None:
+    """The fitted power law at ``n``."""
+    return None if fitted is None else math.exp(fitted[1]) * n ** fitted[0]
+
+
+def _at(rows: list[dict[str, Any]], n: int, key: str, timed: bool = True) -> float | None:
+    for row in rows:
+        if row["items"] == n and row.get(key) is not None and not (timed and row.get("memory_only")):
+            return float(row[key])
+    return None
+
+
+def _goal(name: str, value: float | None, limit: float, how: str, higher_is_better: bool = False) -> dict[str, Any]:
+    if value is None:
+        return {"goal": name, "value": None, "limit": limit, "status": "not measured", "how": how}
+    met = value >= limit if higher_is_better else value <= limit
+    status = ("met" if met else "not met") + (" (extrapolated)" if how.startswith("extrapolated") else "")
+    return {"goal": name, "value": round(value, 3), "limit": limit, "status": status, "how": how}
+
+
+def _value_at_goal(rows: list[dict[str, Any]], key: str) -> tuple[float | None, str]:
+    measured = _at(rows, GOAL_N, key)
+    if measured is not None:
+        return measured, "measured at 1M"
+    fitted = fit(rows, key)
+    if fitted is None:
+        return None, "no 1M row, too few sizes to fit"
+    return predict(fitted, GOAL_N), f"extrapolated to 1M from the fit N^{fitted[0]:.2f} (no 1M row)"
+
+
+def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 16's goals at 1M items, each met / not met / not measured, computed from the rows."""
+    out = []
+    build, how = _value_at_goal(rows, "build_s")
+    rate = _at(rows, GOAL_N, "embed_titles_per_s") or _mean([r.get("embed_titles_per_s") for r in rows
+                                                              if not r.get("memory_only")])
+    ratio = build * rate / GOAL_N if build is not None and rate else None
+    out.append(_goal("build time / embedding the titles alone <= 1.25", ratio, 1.25, how))
+    for key, limit, name in (("build_peak_rss_mb", 4 * GIB, "build peak RSS <= 4 GB"),
+                             ("cold_recommend_s", 1.5, "cold recommend <= 1.5 s"),
+                             ("cold_recommend_rss_mb", GIB, "cold recommend RSS <= 1 GB"),
+                             ("serve_p50_ms", 15.0, "serve p50 <= 15 ms"),
+                             ("serve_rss_mb", 1.2 * GIB, "serve RSS <= 1.2 GB"),
+                             ("update_1k_s", 10.0, "update +1,000 items <= 10 s")):
+        value, how = _value_at_goal(rows, key)
+        out.append(_goal(name, value, limit, how))
+    big = _at(rows, BIG_N, "build_peak_rss_mb", timed=False)
+    out.append(_goal("10M items build within 24 GB (measured)", big, 24 * GIB,
+                     "measured at 10M" if big is not None else "no 10M row (memory must be measured)"))
+    recalls = [r["ann_recall_at_10"] for r in rows
+               if r.get("ann_recall_at_10") is not None and not r.get("memory_only")]  # a stand-in's vectors: no
+    if recalls:
+        out.append(_goal("approximate search Recall@10 >= 0.99 (worst size)", min(recalls), 0.99,
+                         "measured at every size with approximate search", higher_is_better=True))
+    else:
+        out.append({"goal": "approximate search Recall@10 >= 0.99", "value": None, "limit": 0.99,
+                    "status": "n/a: exact search at every measured size", "how": "manifest"})
+    slope = fit(rows, "update_1k_s")
+    out.append(_goal(f"update cost grows with the items added, not with N (exponent <= {UPDATE_FLAT_EXPONENT})",
+                     None if slope is None else slope[0], UPDATE_FLAT_EXPONENT, "fitted over the timed sizes"))
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v]
+    return sum(present) / len(present) if present else None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    rows, details = report["sizes"], report["details"]
+    lines = ["# Scale: synthetic catalogues of 12k-10M items (issue 16)", "",
+             f"Command (last invocation): `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             "Default bundle without the LLM (`gloss-export bundle --catalog --sequences --out-dir`), the CLI's own "
+             "processes; MB = MiB; peak RSS of the process tree polled every 50 ms (and the kernel's VmHWM); cold "
+             "runs with a warm page cache (dropping it needs root); serve latency from one loopback client, one "
+             "request at a time, after the server's warm-up. The machine is shared: see load averages below.", "",
+             "| " + " | ".join(ROW_KEYS) + " |", "|" + "---|" * len(ROW_KEYS)]
+    for row in rows:
+        mark = " (memory only)" if details[str(row["items"])].get("memory_only") else ""
+        lines.append("| " + " | ".join(_cell(row[k]) + (mark if k == "items" else "") for k in ROW_KEYS) + " |")
+    lines += ["", "## Fitted exponents (cost ~ N^b, least squares on log-log over the timed sizes)", "",
+              "| cost | b |", "|---|---|"]
+    lines += [f"| {key} | {value:.2f} |" for key, value in report["exponents"].items()]
+    lines += ["", "## Goals of issue 16 (at 1M items unless said otherwise)", "", "| goal | value | status | how |",
+              "|---|---|---|---|"]
+    lines += [f"| {g['goal']} | {_cell(g['value'])} | {g['status']} | {g['how']} |" for g in report["goals"]]
+    lines += ["", "## Details per size", "",
+              "| items | users | interactions/item | build stages (s) | build CPU s | embed in build (titles/s) | "
+              "build / embed alone | update CPU s | update peak RSS | serve peak RSS | index | load avg | code | "
+              "measured |", "|" + "---|" * 14]
+    for row in rows:
+        d = details[str(row["items"])]
+        synth = d.get("synthetic", {}).get("stats", {})
+        stages = ", ".join(f"{k[:-2]} {v:.0f}" for k, v in d.get("build_stages_s", {}).items())
+        lines.append(f"| {row['items']:,} | {_cell(synth.get('users'))} | {_cell(synth.get('interactions_per_item'))}"
+                     f" | {stages} | {_cell(d.get('build_cpu_s'))} | {_cell(d.get('embed_in_build_titles_per_s'))} | "
+                     f"{_cell(d.get('build_over_embed_alone'))} | {_cell(d.get('update_cpu_s'))} | "
+                     f"{_cell(d.get('update_peak_rss_mb'))} | "
+                     f"{_cell(d.get('serve_peak_rss_mb'))} | {d.get('index_search')} | {d.get('load_avg_at_build')} "
+                     f"| {d.get('code')} | {d.get('measured_at')} |")
+    lines += ["", "Stage times come from the build's stderr (stamped on arrival): embed = after the embedder export "
+              "until the index bar starts (tokenising included), index = until the index is saved, copurchase = "
+              "from there to the end of the build (reading sequences, counting, saving, the manifest's checksums). "
+              "`embed_titles_per_s` is the bundle's embedder alone on 10,000 titles in a separate process; "
+              "`build / embed alone` = build_s / (items / embed_titles_per_s).", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict[str, Any]], exponents: dict[str, float]) -> None:
+    """Log-log panels (seconds, MiB, ms) of every cost against N, the fitted exponent in each label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = ("s", "MiB", "ms")
+    fig, axes = plt.subplots(1, len(units), figsize=(16, 5))
+    for ax, unit in zip(axes, units, strict=True):
+        for key, series_unit in SERIES.items():
+            if series_unit != unit:
+                continue
+            points = [(r["items"], r[key], bool(r.get("memory_only"))) for r in rows if (r.get(key) or 0) > 0]
+            if not points:
+                continue
+            label = key + (f"  (N^{exponents[key]:.2f})" if key in exponents else "")
+            timed = [(n, v) for n, v, memory_only in points if not memory_only]
+            line = ax.plot([n for n, _ in timed], [v for _, v in timed], marker="o", label=label)[0] if timed else None
+            extra = [(n, v) for n, v, memory_only in points if memory_only]
+            if extra:
+                ax.plot([n for n, _ in extra], [v for _, v in extra], marker="s", linestyle="none", fillstyle="none",
+                        color=line.get_color() if line else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("catalogue items (N)")
+        ax.set_ylabel(unit)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("GLoSS scale benchmark: cost vs catalogue size (hollow squares: memory-only rows)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(stem: Path, rows: list[dict[str, Any]], command: str, machine: str, plot_png: bool = True) -> dict:
+    """Write ``stem``.json and .md (and .png) from the per-size rows; return the report."""
+    exponents = {key: round(f[0], 3) for key in SERIES if (f := fit(rows, key)) is not None}
+    report = {
+        "command": command, "machine": machine,
+        "sizes": [{key: row.get(key) for key in ROW_KEYS} for row in rows],
+        "exponents": exponents, "goals": goals(rows),
+        "details": {str(row["items"]): {k: v for k, v in row.items() if k not in ROW_KEYS} for row in rows},
+    }  # fmt: skip
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    if plot_png:
+        plot(stem.with_suffix(".png"), rows, exponents)
+    return report
