@@ -208,3 +208,11 @@ def test_eval_report_errors(tiny_bundle: Path, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
     result = invoke(*base, "--report", tmp_path / "r.html")
     assert result.exit_code == 1 and "pip install 'gloss[plot]'" in error_line(result)
+
+
+def test_fusion_metrics_are_the_same_with_a_report(fusion_bundle: Path, tmp_path: Path):
+    base = ("eval", fusion_bundle, "--source", "last-item", "--sequences", SEQUENCES_PATH, "--fusion", "--json")
+    plain = invoke(*base)
+    reported = invoke(*base, "--report", tmp_path / "r.html")
+    assert plain.exit_code == reported.exit_code == 0, reported.output
+    assert json.loads(reported.stdout)["metrics"] == json.loads(plain.stdout)["metrics"]

@@ -126,7 +126,8 @@ function showResults(reply) {
     $(`${id}-title`).hidden = items.length === 0;
   }
   const more = total > matches.length ? ` (first ${matches.length} shown)` : "";
-  $("search-status").textContent = `${total} title${total === 1 ? "" : "s"} contain \u201c${reply.q}\u201d${more}`;
+  const titles = total === 1 ? "1 title contains" : `${total} titles contain`;
+  $("search-status").textContent = `${titles} \u201c${reply.q}\u201d${more}`;
 }
 
 function scheduleSearch() {
