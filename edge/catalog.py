@@ -1,46 +1,108 @@
-"""The item catalogue: ASINs and titles, and resolving a user's history against it."""
+"""The item catalogue: ASINs and titles, and resolving a user's history against it.
+
+A catalogue holds its ids and titles as two :class:`~gloss.edge.strings.StringArray` columns (one UTF-8 blob +
+offsets each) with hash lookups from an id or a title to its row, so a million items cost ~100 MB of text rather
+than ~600 MB of Python strings and dicts. A bundle stores the same columns in ``catalog.bin`` beside the
+readable ``catalog.jsonl.gz``; :func:`open_catalog` maps that file, so a cold start neither parses nor checks the
+JSONL again (the build checked it, the manifest's sizes and hashes guard the file).
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from gloss.edge.arrays import open_arrays, save_arrays
 from gloss.edge.errors import InputError
-from gloss.edge.files import read_jsonl_lines, write_jsonl_atomic
+from gloss.edge.files import atomic_path, read_jsonl_lines, sha256_file, write_jsonl_atomic
+from gloss.edge.strings import KEY_HASH, KeyLookup, StringArray, StringArrayBuilder, concat, take_rows
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 5  # duplicates named in one error line; the rest are counted
+ARRAYS_FORMAT = 1
+ARRAYS_HINT = "rebuild the bundle with gloss-export bundle"
+TITLE_PREFIX = "Title:"
 
 
-@dataclass(frozen=True)
 class Catalog:
     """Catalogue items in a fixed order; an item's position is its key in the index.
 
-    Attributes:
-        asins: Item ids, unique and non-empty.
+    Args:
+        asins: Item ids, unique and non-empty (any sequence of ``str``; stored as a :class:`StringArray`).
         titles: Item titles, same order, non-empty (an empty title would match any empty query).
+
+    Raises:
+        InputError: If the lengths differ, the catalogue is empty, or an id or title is empty or an id repeats.
     """
 
-    asins: tuple[str, ...]
-    titles: tuple[str, ...]
-    _position: dict[str, int] = field(init=False, repr=False, compare=False)
+    asins: StringArray
+    titles: StringArray
 
-    def __post_init__(self) -> None:
-        if len(self.asins) != len(self.titles):
-            raise InputError(f"catalogue has {len(self.asins)} ids but {len(self.titles)} titles")
-        if not self.asins:
+    def __init__(self, asins: Sequence[str], titles: Sequence[str]) -> None:
+        if len(asins) != len(titles):
+            raise InputError(f"catalogue has {len(asins)} ids but {len(titles)} titles")
+        if not len(asins):
             raise InputError("catalogue is empty")
-        check_items(self.asins, self.titles, "catalogue", "row")
-        object.__setattr__(self, "_position", {asin: i for i, asin in enumerate(self.asins)})
+        asin_array, title_array = as_string_array(asins), as_string_array(titles)
+        lookup = check_items(asin_array, title_array, "catalogue", "row")
+        self._set(asin_array, title_array, lookup, None)
+
+    @classmethod
+    def trusted(
+        cls, asins: StringArray, titles: StringArray, asin_lookup: KeyLookup | None = None,
+        title_lookup: KeyLookup | None = None,
+    ) -> Catalog:
+        """A catalogue from columns already checked (a saved catalogue, a derived one); lookups built on demand."""
+        catalog = cls.__new__(cls)
+        catalog._set(asins, titles, asin_lookup, title_lookup)
+        return catalog
+
+    def _set(self, asins: StringArray, titles: StringArray, asin_lookup: KeyLookup | None,
+             title_lookup: KeyLookup | None) -> None:
+        self.asins, self.titles = asins, titles
+        self._asin_lookup, self._title_lookup = asin_lookup, title_lookup
 
     def __len__(self) -> int:
         return len(self.asins)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Catalog):
+            return NotImplemented
+        return self.asins == other.asins and self.titles == other.titles
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Catalog({len(self)} items)"
+
     def __contains__(self, asin: object) -> bool:
-        return asin in self._position
+        return isinstance(asin, str) and self.find(asin) >= 0
+
+    def asin_lookup(self) -> KeyLookup:
+        """The id -> row hash lookup (built on first use)."""
+        if self._asin_lookup is None:
+            self._asin_lookup = KeyLookup.build(self.asins)
+        return self._asin_lookup
+
+    def title_lookup(self) -> KeyLookup:
+        """The title -> first row hash lookup (built on first use)."""
+        if self._title_lookup is None:
+            self._title_lookup = KeyLookup.build(self.titles)
+        return self._title_lookup
+
+    def find(self, asin: str) -> int:
+        """Position of an item id, or -1."""
+        return self.asin_lookup().find(self.asins, asin)
+
+    def find_title(self, title: str) -> int:
+        """Position of the first item with exactly this title, or -1."""
+        return self.title_lookup().find(self.titles, title)
 
     def position(self, asin: str) -> int:
         """Index of an item id.
@@ -48,10 +110,10 @@ class Catalog:
         Raises:
             InputError: If the id is not in the catalogue.
         """
-        try:
-            return self._position[asin]
-        except KeyError:
-            raise InputError(f"unknown item {asin!r}: not in the catalogue") from None
+        found = self.find(asin) if isinstance(asin, str) else -1
+        if found < 0:
+            raise InputError(f"unknown item {asin!r}: not in the catalogue")
+        return found
 
     def title(self, asin: str) -> str:
         """Title of an item id (raises ``InputError`` for an unknown id)."""
@@ -72,35 +134,35 @@ class Catalog:
         """
         if not items:
             raise InputError("empty history: give at least one item")
-        by_title = self._title_index()
         out = []
         for number, item in enumerate(items, start=1):
             key = str(item).strip()
-            if not key.removeprefix("Title:").strip():
+            title = key.removeprefix(TITLE_PREFIX).strip()
+            if not title:
                 raise InputError(f"history item {number} is empty; give an item id or a catalogue title")
-            if key in self._position:
+            if self.find(key) >= 0:
                 out.append(key)
                 continue
-            title = key.removeprefix("Title:").strip()
-            if title in by_title:
-                out.append(by_title[title])
-            else:
+            row = self.find_title(title)
+            if row < 0:
                 raise InputError(f"unknown item {key[:80]!r}: neither an item id nor a catalogue title")
+            out.append(self.asins[row])
         return out
 
-    def _title_index(self) -> dict[str, str]:
-        cached = self.__dict__.get("_by_title")
-        if cached is None:
-            cached = {}
-            for asin, title in zip(self.asins, self.titles, strict=True):
-                cached.setdefault(title, asin)
-            object.__setattr__(self, "_by_title", cached)
-        return cached
+
+def as_string_array(strings: Sequence[str]) -> StringArray:
+    """``strings`` as a :class:`StringArray` (itself if it already is one)."""
+    if isinstance(strings, StringArray):
+        return strings
+    bad = next((s for s in strings if not isinstance(s, str)), None)
+    if bad is not None:
+        raise InputError(f"catalogue ids and titles must be strings, got {type(bad).__name__} {bad!r}")
+    return StringArray.from_strings(strings)
 
 
 def check_items(
     asins: Sequence[str], titles: Sequence[str], name: str, unit: str, numbers: Sequence[int] | None = None
-) -> None:
+) -> KeyLookup:
     """Refuse empty ids, empty titles and duplicate ids, naming the rows.
 
     Args:
@@ -110,53 +172,205 @@ def check_items(
         unit: "line" or "row".
         numbers: The line/row number of each item (default: 1, 2, ...).
 
+    Returns:
+        The id lookup, built while looking for duplicates.
+
     Raises:
         InputError: Naming the first empty field, or up to ``MAX_LISTED`` duplicate ids with their rows.
     """
-    numbers = list(numbers) if numbers is not None else list(range(1, len(asins) + 1))
-    for number, asin, title in zip(numbers, asins, titles, strict=True):
-        if not asin.strip():
-            raise InputError(f"{name}: {unit} {number} has an empty 'asin'; every item needs an id")
-        if not title.strip():
-            raise InputError(
-                f"{name}: {unit} {number} (asin {asin!r}) has an empty 'title'; every item needs a title"
-            )
-    rows: dict[str, list[int]] = {}
-    for number, asin in zip(numbers, asins, strict=True):
-        rows.setdefault(asin, []).append(number)
-    duplicates = [(asin, found) for asin, found in rows.items() if len(found) > 1]
+    asins, titles = as_string_array(asins), as_string_array(titles)
+    number_of = (lambda i: int(numbers[i])) if numbers is not None else (lambda i: i + 1)
+    blank = _first_blank(asins, titles)
+    if blank is not None:
+        row, field = blank
+        where = f"{unit} {number_of(row)}"
+        if field == "asin":
+            raise InputError(f"{name}: {where} has an empty 'asin'; every item needs an id")
+        raise InputError(f"{name}: {where} (asin {asins[row]!r}) has an empty 'title'; every item needs a title")
+    lookup = KeyLookup.build(asins)
+    duplicates = lookup.duplicates(asins)
     if duplicates:
         shown = "; ".join(
-            f"{asin!r} ({unit}s {', '.join(map(str, found))})" for asin, found in duplicates[:MAX_LISTED]
+            f"{asins[rows[0]]!r} ({unit}s {', '.join(str(number_of(r)) for r in rows)})"
+            for rows in duplicates[:MAX_LISTED]
         )
         more = f"; and {len(duplicates) - MAX_LISTED} more" if len(duplicates) > MAX_LISTED else ""
         raise InputError(f"{name}: {len(duplicates)} duplicate item id(s): {shown}{more}; ids must be unique")
+    return lookup
+
+
+def _first_blank(asins: StringArray, titles: StringArray) -> tuple[int, str] | None:
+    """Row and field of the first id or title that is empty or only whitespace, or None."""
+    row = 0
+    for asin_chunk, title_chunk in zip(asins.chunks(), titles.chunks(), strict=True):
+        for asin, title in zip(asin_chunk, title_chunk, strict=True):
+            if not asin.strip():
+                return row, "asin"
+            if not title.strip():
+                return row, "title"
+            row += 1
+    return None
 
 
 def load_catalog(path: Path) -> Catalog:
-    """Read ``{"asin", "title"}`` rows from JSONL(.gz).
+    """Read ``{"asin", "title"}`` rows from JSONL(.gz) into compact columns.
 
     Raises:
         InputError: If the file is unreadable, a row lacks a field, has an empty id or title, or an id repeats
             (naming the line numbers).
     """
-    asins, titles, lines = [], [], []
+    asins, titles, lines = StringArrayBuilder(), StringArrayBuilder(), array("q")
     for number, row in read_jsonl_lines(path):
         asin, title = row.get("asin"), row.get("title")
         if not isinstance(asin, str) or not isinstance(title, str):
             raise InputError(f"{path}: line {number} needs string fields 'asin' and 'title'")
-        asins.append(asin)
-        titles.append(title)
+        asins.add(asin)
+        titles.add(title)
         lines.append(number)
-    if not asins:
+    if not lines:
         raise InputError(f"{path}: no items")
-    check_items(asins, titles, str(path), "line", lines)
-    logger.info("catalogue %s: %d items", path, len(asins))
-    return Catalog(tuple(asins), tuple(titles))
+    asin_array, title_array = asins.build(), titles.build()
+    lookup = check_items(asin_array, title_array, str(path), "line", lines)
+    logger.info("catalogue %s: %d items", path, len(lines))
+    return Catalog.trusted(asin_array, title_array, asin_lookup=lookup)
 
 
 def save_catalog(catalog: Catalog, path: Path) -> None:
     """Write the catalogue as JSONL(.gz), atomically."""
-    write_jsonl_atomic(
-        path, ({"asin": a, "title": t} for a, t in zip(catalog.asins, catalog.titles, strict=True))
+    write_jsonl_atomic(path, _rows(catalog.asins, catalog.titles))
+
+
+def _rows(asins: StringArray, titles: StringArray) -> Iterable[dict[str, str]]:
+    for asin_chunk, title_chunk in zip(asins.chunks(), titles.chunks(), strict=True):
+        for asin, title in zip(asin_chunk, title_chunk, strict=True):
+            yield {"asin": asin, "title": title}
+
+
+def append_catalog(source_path: Path, out_path: Path, asins: Sequence[str], titles: Sequence[str]) -> None:
+    """Write ``source_path``'s rows followed by new ones to ``out_path``, atomically, without re-encoding the old
+    rows: a ``.gz`` file gets one more gzip member (readers take concatenated members as one stream)."""
+    with atomic_path(Path(out_path)) as tmp:
+        shutil.copyfile(source_path, tmp)
+        new = Path(str(tmp) + ".new" + (".gz" if Path(out_path).suffix == ".gz" else ""))
+        try:
+            write_jsonl_atomic(new, ({"asin": a, "title": t} for a, t in zip(asins, titles, strict=True)))
+            with open(tmp, "ab") as handle, open(new, "rb") as extra:
+                shutil.copyfileobj(extra, handle)
+        finally:
+            new.unlink(missing_ok=True)
+
+
+def save_catalog_arrays(catalog: Catalog, path: Path, source_path: Path | None = None) -> None:
+    """Write the compact columns and both lookups to ``path`` (:mod:`gloss.edge.arrays` layout), atomically.
+
+    Args:
+        catalog: The catalogue.
+        path: The file (``catalog.bin`` in a bundle).
+        source_path: The JSONL written for the same catalogue; its SHA-256 is recorded, so that a compact file
+            left beside another JSONL is noticed (:func:`open_catalog`).
+    """
+    from gloss.edge.trie import catalog_fingerprint  # the trie owns what a catalogue fingerprint is
+
+    asin_blob, asin_offsets = catalog.asins.compact()
+    title_blob, title_offsets = catalog.titles.compact()
+    asin_lookup, title_lookup = catalog.asin_lookup(), catalog.title_lookup()
+    meta = {
+        "format": ARRAYS_FORMAT, "num_items": len(catalog), "key_hash": KEY_HASH,
+        "titles_sha256": catalog_fingerprint(catalog.titles),
+        "source_sha256": sha256_file(source_path) if source_path is not None else None,
+    }  # fmt: skip
+    save_arrays(path, {
+        "asin_blob": asin_blob, "asin_offsets": asin_offsets, "title_blob": title_blob, "title_offsets": title_offsets,
+        "asin_hashes": asin_lookup.hashes, "asin_rows": asin_lookup.rows,
+        "title_hashes": title_lookup.hashes, "title_rows": title_lookup.rows,
+    }, meta)  # fmt: skip
+
+
+def open_catalog_arrays(path: Path, source_sha256: str | None = None) -> Catalog:
+    """Map a file written by :func:`save_catalog_arrays` (O(1): rows are read when asked for).
+
+    Args:
+        path: The compact catalogue file.
+        source_sha256: If given, the SHA-256 its JSONL must have (as the bundle manifest records it).
+
+    Raises:
+        InputError: If the file is missing, truncated, of another format or inconsistent, or was made from
+            another JSONL than ``source_sha256`` names.
+    """
+    arrays, meta = open_arrays(Path(path), "compact catalogue", ARRAYS_HINT)
+    if meta.get("format") != ARRAYS_FORMAT or meta.get("key_hash") != KEY_HASH:
+        raise InputError(f"{path}: compact catalogue format {meta.get('format')!r} / {meta.get('key_hash')!r}, "
+                         f"expected {ARRAYS_FORMAT} / {KEY_HASH}; {ARRAYS_HINT}")
+    if source_sha256 is not None and meta.get("source_sha256") != source_sha256:
+        raise InputError(f"{path}: built from another catalogue file than the bundle's; {ARRAYS_HINT}")
+    num = meta.get("num_items")
+    shapes_ok = isinstance(num, int) and num > 0 and all(name in arrays for name in _ARRAY_NAMES) and all(
+        len(arrays[f"{c}_offsets"]) == num + 1 and len(arrays[f"{c}_hashes"]) == len(arrays[f"{c}_rows"]) == num
+        and int(arrays[f"{c}_offsets"][-1]) == len(arrays[f"{c}_blob"]) for c in ("asin", "title")
     )
+    if not shapes_ok:
+        raise InputError(f"{path}: compact catalogue arrays do not fit together; {ARRAYS_HINT}")
+    titles = StringArray(arrays["title_blob"], arrays["title_offsets"], fingerprint=meta.get("titles_sha256"))
+    return Catalog.trusted(
+        StringArray(arrays["asin_blob"], arrays["asin_offsets"]), titles,
+        asin_lookup=KeyLookup(arrays["asin_hashes"], arrays["asin_rows"]),
+        title_lookup=KeyLookup(arrays["title_hashes"], arrays["title_rows"]),
+    )
+
+
+_ARRAY_NAMES = tuple(f"{c}_{a}" for c in ("asin", "title") for a in ("blob", "offsets", "hashes", "rows"))
+
+
+def open_catalog(path: Path, arrays_path: Path | None = None, source_sha256: str | None = None) -> Catalog:
+    """The catalogue of a bundle: its compact file when there is one, else the JSONL parsed and checked.
+
+    Args:
+        path: The ``{"asin", "title"}`` JSONL(.gz).
+        arrays_path: Its compact twin (:func:`save_catalog_arrays`), or None (a bundle built before it existed).
+        source_sha256: The JSONL's SHA-256 from the manifest, checked against the compact file's record.
+
+    Raises:
+        InputError: As :func:`load_catalog` or :func:`open_catalog_arrays`.
+    """
+    if arrays_path is None:
+        return load_catalog(path)
+    return open_catalog_arrays(arrays_path, source_sha256)
+
+
+def subset_and_extend(catalog: Catalog, keep: np.ndarray, asins: Sequence[str], titles: Sequence[str]) -> Catalog:
+    """The catalogue with only the rows where ``keep`` is True, then new items appended.
+
+    Costs a copy of the kept text and the hashing of the new items only: the kept rows' lookups are renumbered,
+    not rebuilt.
+
+    Args:
+        catalog: The current catalogue.
+        keep: (len(catalog),) bool, False for a retired item.
+        asins: New ids, appended in order.
+        titles: Their titles.
+
+    Raises:
+        InputError: If a new id or title is empty, a new id repeats or is already kept, or nothing remains.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if len(keep) != len(catalog):
+        raise InputError(f"keep mask of {len(keep)} rows for a catalogue of {len(catalog)}")
+    if not keep.any() and not len(asins):
+        raise InputError("catalogue is empty")
+    new_asins, new_titles = as_string_array(list(asins)), as_string_array(list(titles))
+    if len(new_asins) != len(new_titles):
+        raise InputError(f"{len(new_asins)} new ids but {len(new_titles)} titles")
+    if len(new_asins):
+        check_items(new_asins, new_titles, "new items", "row")
+    kept_rows = np.flatnonzero(keep)
+    old_to_new = np.full(len(catalog), -1, dtype=np.int64)
+    old_to_new[kept_rows] = np.arange(len(kept_rows))
+    asin_lookup = catalog.asin_lookup().renumbered(old_to_new, new_asins)
+    title_lookup = catalog.title_lookup().renumbered(old_to_new, new_titles)
+    result = Catalog.trusted(concat(take_rows(catalog.asins, kept_rows), new_asins),
+                             concat(take_rows(catalog.titles, kept_rows), new_titles), asin_lookup, title_lookup)
+    duplicates = asin_lookup.duplicates(result.asins)
+    if duplicates:
+        shown = ", ".join(repr(result.asins[rows[0]]) for rows in duplicates[:MAX_LISTED])
+        raise InputError(f"{len(duplicates)} new item id(s) already in the catalogue: {shown}")
+    return result

@@ -1,25 +1,74 @@
 """Co-purchase statistics: item -> next-item transition counts in CSR form, plus item popularity.
 
 The edge side of the format (read, check, look up); ``gloss.export.copurchase`` builds it.
+
+Format 2 (this version) is one :mod:`gloss.edge.arrays` file, opened memory-mapped in its stored dtypes: a
+million items' statistics (about 100 million pairs, 0.8 GB) cost nothing to open, and a request reads only the
+rows of its history items. It also stores each row's total count, so a row's probabilities need no pass over
+the pairs. Format 1 was a compressed ``.npz`` that had to be inflated into memory on every start; such a file is
+refused with a line saying to rebuild it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
+from gloss.edge.arrays import open_arrays, save_arrays
 from gloss.edge.errors import InputError
-from gloss.edge.files import atomic_path
+from gloss.edge.files import check_input_file
 
 logger = logging.getLogger(__name__)
 
-COPURCHASE_FORMAT = 1
-BUILD_HINT = "rebuild it with gloss.export.copurchase.build_copurchase"
+COPURCHASE_FORMAT = 2
+BUILD_HINT = "rebuild it with gloss-export fusion (or gloss.export.copurchase.build_copurchase)"
+Chunks = Union[np.ndarray, list[np.ndarray]]  # noqa: UP007  (a runtime alias: py3.10 has no `type`)
+ARRAYS = {"indptr": np.int64, "indices": np.int32, "data": np.float32, "popularity": np.float32,
+          "row_sums": np.float64}
+
+
+def row_sums(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Each row's total count in float64, summed within the row only (so a row's sum does not depend on the
+    rows before it, and a builder that writes rows block by block gets the same sums)."""
+    sums = np.zeros(len(indptr) - 1, dtype=np.float64)
+    full = np.flatnonzero(indptr[1:] > indptr[:-1])
+    if len(full):
+        sums[full] = np.add.reduceat(np.asarray(data, dtype=np.float64), indptr[:-1][full])
+    return sums
+
+
+def write_copurchase(
+    path: Path, indptr: np.ndarray, indices: Chunks, data: Chunks, popularity: np.ndarray, sums: Chunks,
+    window: int, decay: float,
+) -> None:
+    """Write statistics in format 2, atomically; ``indices``, ``data`` and ``sums`` may be lists of chunks (a
+    builder's blocks, written one after the other without joining them in memory).
+
+    Args:
+        path: The file.
+        indptr: (num_items + 1,) row offsets.
+        indices: Successor positions (int32), rows in order.
+        data: Their decayed counts (float32).
+        popularity: (num_items,) purchase counts.
+        sums: (num_items,) row totals (float64).
+        window: Successors counted up to this many steps ahead.
+        decay: Weight of a successor ``g`` steps ahead: ``decay ** (g - 1)``.
+    """
+    def typed(value: Chunks, dtype: type) -> list[np.ndarray]:
+        parts = value if isinstance(value, list) else [value]
+        return [np.asarray(p, dtype=dtype) for p in parts] or [np.zeros(0, dtype=dtype)]
+
+    values = {"indptr": indptr, "indices": indices, "data": data, "popularity": popularity, "row_sums": sums}
+    arrays = {name: typed(values[name], dtype) for name, dtype in ARRAYS.items()}
+    nnz = sum(len(p) for p in arrays["indices"])
+    meta = {"format_version": COPURCHASE_FORMAT, "num_items": len(popularity), "nnz": nnz, "window": int(window),
+            "decay": float(decay)}
+    save_arrays(path, arrays, meta)  # type: ignore[arg-type]
+    logger.info("saved co-purchase %s (%d items, %d pairs)", path, len(popularity), nnz)
 
 
 @dataclass(frozen=True)
@@ -36,6 +85,9 @@ class CoPurchase:
         popularity: (num_items,) float32 purchase counts.
         window: Successors counted up to this many steps ahead.
         decay: Weight of a successor ``g`` steps ahead: ``decay ** (g - 1)``.
+        sums: (num_items,) float64 total count of each row; computed from ``data`` when None.
+        trusted: The arrays come from a saved file (memory-mapped): only O(1) checks run now, and each row is
+            checked when it is read, so opening touches no pair. In-memory statistics are checked in full.
     """
 
     indptr: np.ndarray
@@ -44,21 +96,27 @@ class CoPurchase:
     popularity: np.ndarray
     window: int
     decay: float
+    sums: np.ndarray | None = field(default=None, repr=False, compare=False)
+    trusted: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         num_items = len(self.popularity)
         if self.indptr.ndim != 1 or len(self.indptr) != num_items + 1:
             raise InputError(f"co-purchase: indptr has {len(self.indptr)} entries, expected {num_items + 1}; "
                              f"{BUILD_HINT}")
-        if self.indptr[0] != 0 or np.any(np.diff(self.indptr) < 0) or self.indptr[-1] != len(self.indices):
-            raise InputError(f"co-purchase: indptr is not a valid CSR row index; {BUILD_HINT}")
         if len(self.data) != len(self.indices):
             raise InputError(f"co-purchase: {len(self.indices)} indices but {len(self.data)} values; {BUILD_HINT}")
-        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= num_items):
-            raise InputError(f"co-purchase: an index is outside 0..{num_items - 1}; {BUILD_HINT}")
-        cumulative = np.concatenate([[0.0], np.cumsum(self.data, dtype=np.float64)])
-        sums = cumulative[self.indptr[1:]] - cumulative[self.indptr[:-1]]
-        object.__setattr__(self, "_row_sums", sums)
+        if self.indptr[0] != 0 or self.indptr[-1] != len(self.indices):
+            raise InputError(f"co-purchase: indptr is not a valid CSR row index; {BUILD_HINT}")
+        if self.sums is not None and len(self.sums) != num_items:
+            raise InputError(f"co-purchase: {len(self.sums)} row sums for {num_items} items; {BUILD_HINT}")
+        if not self.trusted:
+            if np.any(np.diff(self.indptr) < 0):
+                raise InputError(f"co-purchase: indptr is not a valid CSR row index; {BUILD_HINT}")
+            if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= num_items):
+                raise InputError(f"co-purchase: an index is outside 0..{num_items - 1}; {BUILD_HINT}")
+        if self.sums is None:
+            object.__setattr__(self, "sums", row_sums(self.indptr, self.data))
 
     @property
     def num_items(self) -> int:
@@ -71,49 +129,64 @@ class CoPurchase:
         return len(self.data)
 
     def row(self, item: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Successors of ``item`` (strongest first) and their transition probabilities P(next | item)."""
+        """Successors of ``item`` (strongest first) and their transition probabilities P(next | item).
+
+        Raises:
+            InputError: If the row's stored offsets or successors are impossible (a damaged file).
+        """
         start, end = int(self.indptr[item]), int(self.indptr[item + 1])
+        if not 0 <= start <= end <= self.nnz:
+            raise InputError(f"co-purchase: row {item} has offsets {start}..{end} outside 0..{self.nnz}; {BUILD_HINT}")
         if limit is not None:
             end = min(end, start + limit)
-        total = self._row_sums[item]  # type: ignore[attr-defined]
+        successors = self.indices[start:end]
+        if self.trusted and len(successors) and (successors.min() < 0 or successors.max() >= self.num_items):
+            raise InputError(f"co-purchase: row {item} names an item outside 0..{self.num_items - 1}; {BUILD_HINT}")
+        total = self.sums[item]  # type: ignore[index]
         probs = self.data[start:end] / total if total > 0 else self.data[start:end] * 0.0
-        return self.indices[start:end], probs.astype(np.float64)
+        return successors, probs.astype(np.float64)
+
+    def with_new_items(self, count: int) -> CoPurchase:
+        """The same statistics over a catalogue with ``count`` items appended (empty rows, zero popularity).
+
+        The pairs are shared, not copied: what an update that only adds items needs.
+        """
+        if count < 0:
+            raise InputError(f"cannot append {count} items")
+        return CoPurchase(
+            indptr=np.concatenate([self.indptr, np.full(count, self.indptr[-1], dtype=np.int64)]),
+            indices=self.indices, data=self.data,
+            popularity=np.concatenate([self.popularity, np.zeros(count, dtype=np.float32)]),
+            window=self.window, decay=self.decay,
+            sums=np.concatenate([self.sums, np.zeros(count)]), trusted=True,  # type: ignore[list-item]
+        )  # fmt: skip
 
     def save(self, path: Path) -> None:
-        """Write a compressed ``.npz`` atomically (temp file beside ``path``, then rename)."""
-        path = Path(path)
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer, format_version=np.int64(COPURCHASE_FORMAT), indptr=self.indptr, indices=self.indices,
-            data=self.data, popularity=self.popularity, window=np.int64(self.window), decay=np.float64(self.decay),
-        )
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-        logger.info("saved co-purchase %s (%d items, %d pairs)", path, self.num_items, self.nnz)
+        """Write the statistics atomically (temp file beside ``path``, then rename)."""
+        write_copurchase(Path(path), self.indptr, self.indices, self.data, self.popularity,
+                         self.sums, self.window, self.decay)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> CoPurchase:
-        """Read a file written by :meth:`save`.
+        """Open a file written by :meth:`save`, memory-mapped (nothing is read until a row is asked for).
 
         Raises:
-            InputError: If the file is missing, not an ``.npz`` of this format, or inconsistent.
+            InputError: If the file is missing, of another format (a format-1 ``.npz``), truncated or inconsistent.
         """
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such co-purchase file; {BUILD_HINT}")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # BadZipFile: not an .npz at all
-            raise InputError(f"{path}: not a co-purchase .npz ({exc}); {BUILD_HINT}") from exc
-        version = arrays["format_version"].tolist() if "format_version" in arrays else None
+        with open(check_input_file(path), "rb") as handle:
+            if handle.read(2) == b"PK":  # a zip: the format-1 .npz
+                raise InputError(f"{path}: co-purchase format 1 (a compressed .npz), expected {COPURCHASE_FORMAT} "
+                                 f"(memory-mapped); {BUILD_HINT}")
+        arrays, meta = open_arrays(path, "co-purchase file", BUILD_HINT)
+        version = meta.get("format_version")
         if version != COPURCHASE_FORMAT:
             raise InputError(f"{path}: co-purchase format {version!r}, expected {COPURCHASE_FORMAT}; {BUILD_HINT}")
-        missing = [n for n in ("indptr", "indices", "data", "popularity", "window", "decay") if n not in arrays]
-        if missing:
-            raise InputError(f"{path}: co-purchase file lacks {missing}; {BUILD_HINT}")
-        return cls(
-            indptr=arrays["indptr"].astype(np.int64), indices=arrays["indices"].astype(np.int32),
-            data=arrays["data"].astype(np.float32), popularity=arrays["popularity"].astype(np.float32),
-            window=int(arrays["window"]), decay=float(arrays["decay"]),
-        )
+        wrong = [n for n, dtype in ARRAYS.items() if n not in arrays or arrays[n].dtype != dtype or arrays[n].ndim != 1]
+        if wrong or not isinstance(meta.get("window"), int) or not isinstance(meta.get("decay"), float):
+            raise InputError(f"{path}: co-purchase file lacks or mistypes {wrong or ['window/decay']}; {BUILD_HINT}")
+        return cls(indptr=arrays["indptr"], indices=arrays["indices"], data=arrays["data"],
+                   popularity=arrays["popularity"], window=meta["window"], decay=meta["decay"],
+                   sums=arrays["row_sums"], trusted=True)

@@ -34,6 +34,7 @@ import numpy as np
 
 from gloss.edge.errors import InputError
 from gloss.edge.files import atomic_path, check_input_file
+from gloss.edge.strings import StringArray
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,18 @@ REBUILD_HINT = "rebuild it with gloss-export bundle (it builds the trie with the
 
 
 def catalog_fingerprint(titles: Sequence[str]) -> str:
-    """SHA-256 of the titles in catalogue order: what a trie's leaves point into."""
+    """SHA-256 of the titles in catalogue order, each followed by a NUL byte: what a trie's leaves point into.
+
+    A :class:`~gloss.edge.strings.StringArray` (a catalogue's titles) is hashed in batches and remembers the
+    result; a saved compact catalogue stores it, so opening a bundle's trie does not rehash a million titles.
+    """
+    if isinstance(titles, StringArray):
+        if titles.fingerprint is None:
+            digest = hashlib.sha256()
+            for chunk in titles.encoded_chunks():
+                digest.update(b"\x00".join(chunk) + b"\x00")
+            titles.fingerprint = digest.hexdigest()
+        return titles.fingerprint
     digest = hashlib.sha256()
     for title in titles:
         digest.update(title.encode("utf-8"))

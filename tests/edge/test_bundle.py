@@ -316,12 +316,15 @@ def test_bad_bytes_in_a_bundle_file_are_one_input_error(bundle_copy: Path, case:
     assert "\n" not in str(info.value)
 
 
-def test_a_file_that_is_not_an_npz_is_not_co_purchase_statistics(tmp_path: Path) -> None:
+def test_a_zip_or_other_file_is_not_co_purchase_statistics(tmp_path: Path) -> None:
     from gloss.edge.copurchase import CoPurchase
 
     path = tmp_path / "copurchase.npz"
-    path.write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(InputError, match="not a co-purchase .npz"):
+    path.write_bytes(b"PK\x03\x04 not a zip")  # a format-1 .npz, or anything else zipped
+    with pytest.raises(InputError, match="co-purchase format 1 .a compressed .npz.*rebuild it"):
+        CoPurchase.load(path)
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="not a gloss co-purchase file"):
         CoPurchase.load(path)
 
 

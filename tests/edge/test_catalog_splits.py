@@ -2,11 +2,25 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from gloss.edge.catalog import MAX_LISTED, Catalog, load_catalog, save_catalog
+from gloss.edge.catalog import (
+    MAX_LISTED,
+    Catalog,
+    append_catalog,
+    load_catalog,
+    open_catalog,
+    open_catalog_arrays,
+    save_catalog,
+    save_catalog_arrays,
+    subset_and_extend,
+)
 from gloss.edge.errors import InputError
+from gloss.edge.files import sha256_file
 from gloss.edge.splits import Split, UserSequence, load_sequences, make_examples, validation_users
+from gloss.edge.strings import StringArray
+from gloss.edge.trie import catalog_fingerprint
 from tests.conftest import FIXTURES
 
 
@@ -154,3 +168,111 @@ def test_load_sequences_names_the_byte_offset_of_non_utf8_text(tmp_path: Path):
     path.write_bytes(data)
     with pytest.raises(InputError, match=f"byte 0xa0 at byte offset {data.index(0xA0)} .line 2."):
         load_sequences(path)
+
+
+# --- compact columns, the memory-mapped catalogue file (issue 16) ---
+
+
+def reference_parse(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What load_catalog returned before issue 16: two tuples of str."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return tuple(r["asin"] for r in rows), tuple(r["title"] for r in rows)
+
+
+CAKE = "Crème brûlée — 東京 🍰"
+TRICKY = [("A1", CAKE), ("B2", "Plain"), ("C3", "Plain"), ("D\u00e9", "x\ud800y"), ("E5", "Z " * 40)]
+
+
+@pytest.fixture(scope="module")
+def tricky_catalog() -> Catalog:
+    return Catalog(tuple(a for a, _ in TRICKY), tuple(t for _, t in TRICKY))
+
+
+def test_compact_catalogue_equals_the_old_parse():
+    catalog = load_catalog(FIXTURES / "beauty_items.jsonl")
+    asins, titles = reference_parse(FIXTURES / "beauty_items.jsonl")
+    assert catalog.asins == asins and catalog.titles == titles  # both ways round
+    assert asins == catalog.asins and list(catalog.titles) == list(titles)
+    assert tuple(catalog.asins[10:20]) == asins[10:20] and catalog.titles[-1] == titles[-1]
+    assert catalog.asins[3:40:4] == list(asins[3:40:4])
+    first_of_title = {}
+    for i, title in enumerate(titles):
+        first_of_title.setdefault(title, i)
+    assert all(catalog.position(a) == i for i, a in enumerate(asins))
+    assert all(catalog.find_title(t) == i for t, i in first_of_title.items())
+
+
+@pytest.mark.parametrize("source", ["memory", "file"])
+def test_lookups_and_history_on_tricky_strings(tmp_path: Path, tricky_catalog, source):
+    catalog = tricky_catalog
+    if source == "file":
+        save_catalog_arrays(catalog, tmp_path / "c.bin")
+        catalog = open_catalog_arrays(tmp_path / "c.bin")
+    assert catalog == tricky_catalog and len(catalog) == len(TRICKY)
+    assert [catalog.title(a) for a, _ in TRICKY] == [t for _, t in TRICKY]
+    assert catalog.resolve_history(["C3", "Plain", f"Title: {CAKE}", "x\ud800y"]) == ["C3", "B2", "A1", "Dé"]
+    assert "Dé" in catalog and "D" not in catalog and 5 not in catalog and catalog.find_title("plain") == -1
+    with pytest.raises(InputError, match="unknown item 'ZZ'"):
+        catalog.position("ZZ")
+
+
+def test_catalogue_file_maps_lazily_and_records_its_source(tmp_path: Path):
+    catalog = load_catalog(FIXTURES / "beauty_items.jsonl")
+    save_catalog(catalog, tmp_path / "c.jsonl.gz")
+    save_catalog_arrays(catalog, tmp_path / "c.bin", tmp_path / "c.jsonl.gz")
+    sha = sha256_file(tmp_path / "c.jsonl.gz")
+    opened = open_catalog(tmp_path / "c.jsonl.gz", tmp_path / "c.bin", sha)
+    assert opened == catalog and not opened.asins.compact()[0].flags.writeable  # a view of the file
+    assert catalog_fingerprint(opened.titles) == catalog_fingerprint(list(catalog.titles))
+    assert open_catalog(tmp_path / "c.jsonl.gz") == catalog  # no compact file: the JSONL is parsed
+    with pytest.raises(InputError, match="built from another catalogue file"):
+        open_catalog(tmp_path / "c.jsonl.gz", tmp_path / "c.bin", "0" * 64)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes((tmp_path / "c.bin").read_bytes()[:-200])
+    with pytest.raises(InputError, match="compact catalogue is truncated"):
+        open_catalog_arrays(cut)
+    (tmp_path / "junk.bin").write_bytes(b"junk" * 10)
+    with pytest.raises(InputError, match="not a gloss compact catalogue"):
+        open_catalog_arrays(tmp_path / "junk.bin")
+
+
+@pytest.mark.parametrize("keep_every", [1, 3])
+def test_subset_and_extend_equals_a_catalogue_built_from_scratch(tmp_path: Path, keep_every):
+    catalog = load_catalog(FIXTURES / "beauty_items.jsonl")
+    save_catalog_arrays(catalog, tmp_path / "c.bin")
+    mapped = open_catalog_arrays(tmp_path / "c.bin")
+    keep = np.arange(len(catalog)) % keep_every == 0
+    new = [("NEW1", "A new title"), ("NEW2", catalog.titles[1]), (catalog.asins[1], "back with a new title")]
+    new = new if keep_every > 1 else new[:2]
+    updated = subset_and_extend(mapped, keep, [a for a, _ in new], [t for _, t in new])
+    kept = np.flatnonzero(keep)
+    want = Catalog(tuple(catalog.asins[i] for i in kept) + tuple(a for a, _ in new),
+                   tuple(catalog.titles[i] for i in kept) + tuple(t for _, t in new))
+    assert updated == want
+    assert all(updated.position(a) == i for i, a in enumerate(want.asins))
+    assert all(updated.find_title(t) == want.find_title(t) for t in want.titles)
+    with pytest.raises(InputError, match="1 new item id.s. already in the catalogue: 'NEW1'"):
+        subset_and_extend(updated, np.ones(len(updated), bool), ["NEW1"], ["again"])
+    with pytest.raises(InputError, match="new items: row 1 .asin 'X'. has an empty 'title'"):
+        subset_and_extend(updated, np.ones(len(updated), bool), ["X"], [" "])
+
+
+def test_append_catalog_adds_a_gzip_member_that_reads_as_one_file(tmp_path: Path):
+    catalog = load_catalog(FIXTURES / "beauty_items.jsonl")
+    head = Catalog(catalog.asins[:-5], catalog.titles[:-5])
+    save_catalog(head, tmp_path / "head.jsonl.gz")
+    append_catalog(tmp_path / "head.jsonl.gz", tmp_path / "all.jsonl.gz", catalog.asins[-5:], catalog.titles[-5:])
+    assert load_catalog(tmp_path / "all.jsonl.gz") == catalog
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl.gz", "head.jsonl.gz"]
+
+
+def test_string_array_behaves_like_a_tuple_of_str():
+    texts = ("", "a", "Crème", "🍰🍰", "last")
+    column = StringArray.from_strings(texts)
+    assert len(column) == 5 and column[-1] == "last" and column[0] == "" and list(column) == list(texts)
+    assert column[1:3] == texts[1:3] and column[3:1] == () and column[::2] == list(texts[::2])
+    assert column == texts and column != texts[:-1] and column != "abc"
+    assert "Crème" in column and column.index("🍰🍰") == 3
+    with pytest.raises(IndexError):
+        column[5]
+    assert "5 strings" in repr(column)

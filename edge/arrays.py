@@ -1,0 +1,130 @@
+"""One file of named numpy arrays, opened memory-mapped in their stored dtype (no parse, no copy).
+
+Large bundle parts (the compact catalogue, the co-purchase statistics) are read at every cold start; a ``.npz``
+must be decompressed and copied into memory first. This layout is mapped instead, so opening costs O(1) and
+a request touches only the pages it reads::
+
+    b"GLOSSARR" | uint32 layout version | uint32 header bytes | header JSON | arrays, each 64-byte aligned
+
+The header JSON holds ``{"meta": {...}, "arrays": {name: {"dtype", "shape", "offset"}}}``. A truncated file is
+refused on open (every array must lie inside the file); what the bytes mean is checked by the owner of the part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gloss.edge.errors import InputError
+from gloss.edge.files import atomic_path, check_input_file
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"GLOSSARR"
+LAYOUT_VERSION = 1
+ALIGN = 64
+PREFIX = struct.Struct("<8sII")
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // ALIGN) * ALIGN
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray | list[np.ndarray]], meta: dict[str, Any]) -> Path:
+    """Write ``arrays`` (C order, in their own dtype) and JSON ``meta`` to ``path`` atomically.
+
+    Args:
+        path: The file to write.
+        arrays: Name -> array, or name -> list of 1-D chunks of one dtype (at least one, possibly empty), written
+            one after the other as one array without joining them in memory first.
+        meta: JSON-serialisable facts about the arrays (format version, settings).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    parts = {name: [np.asarray(a) for a in value] if isinstance(value, list) else [np.asarray(value)]
+             for name, value in arrays.items()}
+    table, offset = {}, 0
+    for name, chunks in parts.items():
+        dtype = chunks[0].dtype
+        if len(chunks) > 1 and any(c.dtype != dtype or c.ndim != 1 for c in chunks):
+            raise ValueError(f"chunks of {name!r} must be 1-D arrays of one dtype")
+        shape = list(chunks[0].shape) if len(chunks) == 1 else [sum(len(c) for c in chunks)]
+        table[name] = {"dtype": dtype.str, "shape": shape, "offset": offset}
+        offset = _aligned(offset + sum(c.nbytes for c in chunks))
+    header = json.dumps({"meta": meta, "arrays": table}).encode("utf-8")
+    start = _aligned(PREFIX.size + len(header))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(PREFIX.pack(MAGIC, LAYOUT_VERSION, len(header)) + header)
+        for name, chunks in parts.items():
+            handle.seek(start + table[name]["offset"])
+            for chunk in chunks:
+                _write(handle, chunk)
+        handle.truncate(start + offset)
+    return path
+
+
+def _write(handle: Any, array: np.ndarray, chunk_bytes: int = 64 << 20) -> None:
+    """Write an array's bytes in chunks (a memory-mapped source is not copied into memory at once)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    step = max(1, chunk_bytes // max(flat.itemsize, 1))
+    for begin in range(0, len(flat), step):
+        handle.write(flat[begin : begin + step].tobytes())
+
+
+def open_arrays(path: Path, what: str, hint: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Map the arrays of a file written by :func:`save_arrays` (read-only views, nothing read yet).
+
+    Args:
+        path: The file.
+        what: What the file holds, for messages ("co-purchase file").
+        hint: What to do about a bad file, ending every message.
+
+    Returns:
+        ``(arrays, meta)``.
+
+    Raises:
+        InputError: If the file is missing, not of this layout, or shorter than its header says.
+    """
+    path = check_input_file(Path(path), what)
+    with open(path, "rb") as handle:
+        prefix = handle.read(PREFIX.size)
+        if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
+            raise InputError(f"{path}: not a gloss {what} (no {MAGIC.decode()} header); {hint}")
+        _, version, header_len = PREFIX.unpack(prefix)
+        if version != LAYOUT_VERSION or header_len > MAX_HEADER_BYTES:
+            raise InputError(f"{path}: array layout {version}, expected {LAYOUT_VERSION}; {hint}")
+        try:
+            header = json.loads(handle.read(header_len).decode("utf-8"))
+            table, meta = header["arrays"], header["meta"]
+            specs = {name: (np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"]), int(spec["offset"]))
+                     for name, spec in table.items()}
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: unreadable {what} header ({exc}); {hint}") from None
+        size = handle.seek(0, 2)
+        start = _aligned(PREFIX.size + header_len)
+        for name, (dtype, shape, offset) in specs.items():
+            end = start + offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            if offset < 0 or end > size:
+                raise InputError(f"{path}: {what} is truncated ({size} bytes, array {name!r} ends at {end}); {hint}")
+        buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    arrays = {name: _view(buffer, dtype, shape, start + offset) for name, (dtype, shape, offset) in specs.items()}
+    return arrays, meta
+
+
+def _view(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
+    """A read-only array over ``buffer`` (an empty one owns no bytes: frombuffer refuses an offset at the end)."""
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        empty = np.zeros(shape, dtype=dtype)
+        empty.flags.writeable = False
+        return empty
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
