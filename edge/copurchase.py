@@ -98,6 +98,7 @@ class CoPurchase:
     decay: float
     sums: np.ndarray | None = field(default=None, repr=False, compare=False)
     trusted: bool = field(default=False, repr=False, compare=False)
+    _derived: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         num_items = len(self.popularity)
@@ -145,6 +146,33 @@ class CoPurchase:
         total = self.sums[item]  # type: ignore[index]
         probs = self.data[start:end] / total if total > 0 else self.data[start:end] * 0.0
         return successors, probs.astype(np.float64)
+
+    def scaled_popularity(self) -> np.ndarray:
+        """``log(1 + count) / log(1 + max count)`` per item, float64 (computed once, shared by every ranker)."""
+        if "scaled" not in self._derived:
+            pop = np.log1p(np.asarray(self.popularity, dtype=np.float64))
+            top = pop.max() if len(pop) else 0.0
+            self._derived["scaled"] = pop / top if top > 0 else pop
+        return self._derived["scaled"]
+
+    def cold(self) -> np.ndarray:
+        """Items without purchases in the statistics (bool, computed once)."""
+        if "cold" not in self._derived:
+            self._derived["cold"] = np.asarray(self.popularity) == 0
+        return self._derived["cold"]
+
+    def most_popular(self, k: int) -> np.ndarray:
+        """The ``k`` most bought items, most first, ties in position order: ``argsort(-popularity, stable)[:k]``
+        in O(num_items) rather than a full sort."""
+        pop = np.asarray(self.popularity)
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if k >= len(pop):
+            return np.argsort(-pop, kind="stable")
+        threshold = -np.partition(-pop, k - 1)[k - 1]  # the k-th largest count
+        above = np.flatnonzero(pop > threshold)
+        chosen = np.concatenate([above, np.flatnonzero(pop == threshold)[: k - len(above)]])
+        return chosen[np.argsort(-pop[chosen], kind="stable")]
 
     def with_new_items(self, count: int) -> CoPurchase:
         """The same statistics over a catalogue with ``count`` items appended (empty rows, zero popularity).

@@ -240,10 +240,10 @@ class FusionRanker:
         self.copurchase = copurchase
         self.config = config
         self.vectors = index.vectors()
-        pop = np.log1p(copurchase.popularity.astype(np.float64))
-        self.popularity = pop / pop.max() if pop.max() > 0 else pop
-        self.popular = np.argsort(-copurchase.popularity, kind="stable")[: config.num_popular]
-        self.cold = copurchase.popularity == 0  # no purchases in the statistics: the cold-start prior applies
+        # O(num_items) once per statistics object (no full sort), shared by rankers made by with_config
+        self.popularity = copurchase.scaled_popularity()
+        self.popular = copurchase.most_popular(config.num_popular)
+        self.cold = copurchase.cold()  # no purchases in the statistics: the cold-start prior applies
 
     def with_config(self, **changes: Any) -> FusionRanker:
         """The same ranker with some :class:`FusionConfig` fields changed (e.g. ``exclude_seen``)."""

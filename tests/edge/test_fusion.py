@@ -12,7 +12,7 @@ import pytest
 
 from gloss.edge.catalog import load_catalog
 from gloss.edge.errors import InputError
-from gloss.edge.fusion import FusionConfig, FusionRanker
+from gloss.edge.fusion import CoPurchase, FusionConfig, FusionRanker
 from gloss.edge.prompt import render_item
 from gloss.edge.splits import load_sequences
 from gloss.export.copurchase import build_copurchase, training_prefixes
@@ -226,3 +226,38 @@ def test_beams_without_scores_weigh_equally_and_bad_signals_are_refused(setup):
             ranker.rank(sequences[0][:-1], signals)
     with pytest.raises(InputError, match="--beam-temperature must be a finite number > 0"):
         FusionConfig(beam_temperature=0.0)
+
+
+# --- issue 16: memory-mapped statistics, block-by-block counts ---
+
+
+def test_memory_mapped_statistics_rank_like_in_memory_ones(setup, tmp_path):
+    catalog, _, index, sequences, copurchase = setup
+    copurchase.save(tmp_path / "c.bin")
+    mapped = CoPurchase.load(tmp_path / "c.bin")
+    for config in CONFIGS:
+        plain, lazy = FusionRanker(catalog, index, copurchase, config), FusionRanker(catalog, index, mapped, config)
+        histories = [s[:-1] for s in sequences if len(s) > 2]
+        assert lazy.rank_batch(histories, k=10) == plain.rank_batch(histories, k=10)
+
+
+def test_rankings_equal_those_over_the_one_shot_statistics(setup):
+    from tests.export.test_copurchase import one_shot_reference
+
+    catalog, _, index, sequences, copurchase = setup
+    prefixes = [s[:-1] for s in sequences]
+    indptr, indices, data, popularity = one_shot_reference(prefixes, len(catalog), 3, 0.5)
+    cumulative = np.concatenate([[0.0], np.cumsum(data, dtype=np.float64)])  # the old row sums
+    old = CoPurchase(indptr, indices, data, popularity, 3, 0.5, sums=cumulative[indptr[1:]] - cumulative[indptr[:-1]])
+    histories = [s[:-1] for s in sequences if len(s) > 2]
+    for config in CONFIGS:
+        got = FusionRanker(catalog, index, copurchase, config).rank_batch(histories, k=10)
+        want = FusionRanker(catalog, index, old, config).rank_batch(histories, k=10)
+        assert [[i.position for i in r] for r in got] == [[i.position for i in r] for r in want]
+        np.testing.assert_allclose([i.score for r in got for i in r], [i.score for r in want for i in r], rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 4, 20, 10_000])
+def test_most_popular_is_the_stable_full_sort_prefix(setup, k):
+    copurchase = setup[4]
+    np.testing.assert_array_equal(copurchase.most_popular(k), np.argsort(-copurchase.popularity, kind="stable")[:k])
