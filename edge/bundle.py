@@ -4,15 +4,20 @@ Layout (all paths relative to the bundle folder)::
 
     gloss_bundle.json        manifest, written last (see below)
     catalog.jsonl.gz         {"asin", "title"} rows; row i is index key i (gloss.edge.catalog)
+    catalog.bin              the same catalogue as compact columns + id/title lookups, memory-mapped at load
     embedder/                model.onnx, tokenizer.json, gloss_embedder.json (gloss.edge.embed)
-    index.usearch            item vectors of ``ITEM_TEXT`` per title (gloss.edge.index)
+    index/vectors.npy        item vectors of ``ITEM_TEXT`` per title, memory-mapped (gloss.edge.index, .vectors)
+    index/vectors.vN.npy     items added by update N (one segment per update; removed rows listed apart)
+    index/graph.usearch      from 100k items: the HNSW graph for approximate search (gloss.edge.hnsw)
     generator/model.gguf     optional: the query generator for llama.cpp
     generator/trie.npz       with the generator: token trie of the catalogue's titles (gloss.edge.trie)
-    fusion/copurchase.npz    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.fusion)
+    fusion/copurchase.bin    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.copurchase)
 
 The manifest (gloss.edge.manifest) records the size and SHA-256 of every file, so that a truncated or edited
 bundle fails to load with one clear line instead of a crash deep inside onnxruntime or usearch; the folder
-is written through gloss.edge.outdir, so its path always holds a whole bundle.
+is written through gloss.edge.outdir, so its path always holds a whole bundle. Sizes and headers are checked at
+every load, hashes when the files changed since they were last hashed (gloss.edge.verified). Bundles of gloss
+before issue 16 (one ``index.usearch``) still load, searched exactly.
 """
 
 from __future__ import annotations
@@ -23,24 +28,29 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gloss.edge.catalog import Catalog, load_catalog
+from gloss.edge.catalog import Catalog, open_catalog
 from gloss.edge.embed import CONFIG_NAME, EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
 from gloss.edge.files import read_text, sha256_file
 from gloss.edge.fusion import CoPurchase, FusionConfig, FusionRanker
-from gloss.edge.index import METRIC, ItemIndex, read_index_header
+from gloss.edge.index import METRIC, ItemIndex, index_facts, index_files
 from gloss.edge.manifest import BUILD_HINT, MANIFEST_NAME, OPTIONAL_SECTIONS, read_manifest, shown
 from gloss.edge.prompt import ITEM_PREFIX, PROMPT_TEMPLATE
 from gloss.edge.trie import TokenTrie, catalog_fingerprint
+from gloss.edge.verified import is_verified, record_verified
 
 logger = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.jsonl.gz"
+CATALOG_ARRAYS_FILE = "catalog.bin"  # manifest: catalog.arrays (bundles built before issue 16 have none)
 EMBEDDER_DIR = "embedder"
-INDEX_FILE = "index.usearch"
+INDEX_DIR = "index"
+INDEX_FILE = "index/vectors.npy"  # the manifest's index.file: the first (or only) vectors segment
+GRAPH_FILE = "index/graph.usearch"
+LEGACY_INDEX_FILE = "index.usearch"
 GENERATOR_FILE = "generator/model.gguf"
 TRIE_FILE = "generator/trie.npz"  # manifest: generator.trie (rebuilt whenever the generator is)
-COPURCHASE_FILE = "fusion/copurchase.npz"
+COPURCHASE_FILE = "fusion/copurchase.bin"  # format 2, memory-mapped (format 1 was fusion/copurchase.npz)
 ITEM_TEXT = ITEM_PREFIX + "{title}"  # items are embedded like the queries: "Title: <title>"
 
 
@@ -83,13 +93,14 @@ class Bundle:
         """The manifest's generator section, or None if the bundle has no generator."""
         return self.manifest.get("generator")
 
-    def verify(self) -> None:
-        """Check every file's SHA-256 against the manifest (for a bundle loaded with ``verify=False``).
+    def verify(self, rehash: bool = False) -> None:
+        """Check every file's SHA-256 against the manifest (for a bundle loaded with ``verify=False``), unless
+        the files are unchanged since they were last hashed (:mod:`gloss.edge.verified`) and not ``rehash``.
 
         Raises:
             InputError: If a file is missing, truncated or changed.
         """
-        _check_files(self.dir, self.manifest, verify=True)
+        _check_files(self.dir, self.manifest, verify=True, rehash=rehash)
 
     def open_embedder(self, num_threads: int | None = None) -> OnnxEmbedder:
         """Load the bundle's ONNX embedder."""
@@ -106,9 +117,14 @@ class Bundle:
                              f"{BUILD_HINT}, or use free beams")
         return TokenTrie.load(self.paths.trie, catalog_sha256=catalog_fingerprint(self.catalog.titles))
 
-    def open_index(self, view: bool = True) -> ItemIndex:
-        """Open the bundle's item index (memory-mapped by default)."""
-        return ItemIndex.load(self.paths.index, view=view)
+    def open_index(self, view: bool = True, exact: bool | None = None) -> ItemIndex:
+        """Open the bundle's item index: vectors memory-mapped, the HNSW graph (if any) mapped (``view``) or read.
+
+        Args:
+            view: Memory-map the graph rather than read it into memory.
+            exact: True searches exactly by default even with a graph (``--exact``).
+        """
+        return ItemIndex.open(self.dir, self.manifest["index"], view=view, exact=exact)
 
     @property
     def fusion_meta(self) -> dict[str, Any] | None:
@@ -132,12 +148,14 @@ class Bundle:
         return FusionRanker(self.catalog, index or self.open_index(), copurchase, config)
 
 
-def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
+def load_bundle(bundle_dir: Path, verify: bool = True, rehash: bool = False) -> Bundle:
     """Open a bundle folder and check it against its manifest before anything heavy is loaded.
 
     Args:
         bundle_dir: Output of ``gloss-export bundle``.
-        verify: Also check every file's SHA-256 (sizes are always checked).
+        verify: Also check every file's SHA-256 (sizes and headers are always checked); files unchanged since
+            they were last hashed are not hashed again (:mod:`gloss.edge.verified`).
+        rehash: Hash every file even if unchanged since the last check (``gloss-edge inspect``).
 
     Returns:
         The bundle, with its catalogue loaded.
@@ -149,7 +167,7 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
     """
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    _check_files(bundle_dir, manifest, verify)
+    _check_files(bundle_dir, manifest, verify, rehash)
     paths = BundlePaths(
         catalog=bundle_dir / manifest["catalog"]["file"],
         embedder_dir=bundle_dir / manifest["embedder"]["dir"],
@@ -158,14 +176,15 @@ def load_bundle(bundle_dir: Path, verify: bool = True) -> Bundle:
         copurchase=bundle_dir / manifest["fusion"]["file"] if manifest.get("fusion") else None,
         trie=bundle_dir / trie_file if (trie_file := _trie_file(manifest)) else None,
     )
-    _check_dims(bundle_dir, manifest, paths)
+    num_indexed = _check_dims(bundle_dir, manifest, paths)
     if manifest["prompt_template"] != PROMPT_TEMPLATE:
         raise InputError(
             f"{bundle_dir}: built with a different prompt template (gloss {manifest.get('gloss_version')}); "
             f"{BUILD_HINT} using this version"
         )
-    catalog = load_catalog(paths.catalog)
-    num_indexed = read_index_header(paths.index)["num_items"]
+    arrays = manifest["catalog"].get("arrays")  # the compact twin: mapped, not parsed and checked again
+    catalog = open_catalog(paths.catalog, _safe_relative(bundle_dir, arrays) if isinstance(arrays, str) else None,
+                           manifest["files"][manifest["catalog"]["file"]]["sha256"])
     if len(catalog) != num_indexed:
         raise InputError(
             f"{bundle_dir}: catalogue has {len(catalog)} items but the index has {num_indexed}; {BUILD_HINT}"
@@ -208,10 +227,12 @@ def _safe_relative(bundle_dir: Path, rel: str) -> Path:
     return path
 
 
-def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool) -> None:
-    """Every listed file exists with its size (and hash); every part the manifest names is listed."""
+def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool, rehash: bool = False) -> None:
+    """Every listed file exists with its size (and hash, unless unchanged since the last full check and not
+    ``rehash``); every part the manifest names is listed."""
     files: dict[str, Any] = manifest["files"]
-    needed = [manifest["catalog"]["file"], manifest["index"]["file"]]
+    needed = [manifest["catalog"]["file"], *index_files(manifest["index"])]
+    needed += [manifest["catalog"]["arrays"]] if isinstance(manifest["catalog"].get("arrays"), str) else []
     needed += [f"{manifest['embedder']['dir']}/{name}" for name in EMBEDDER_FILES]
     needed += [manifest[name]["file"] for name in OPTIONAL_SECTIONS if manifest.get(name)]
     needed += [trie_file] if (trie_file := _trie_file(manifest)) else []
@@ -228,16 +249,24 @@ def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool) -> No
                 f"{path}: size {size} bytes, manifest says {entry.get('size')} (truncated or replaced); "
                 f"{BUILD_HINT}"
             )
-        if verify and sha256_file(path) != entry.get("sha256"):
+    if not verify or (not rehash and is_verified(bundle_dir, files)):
+        return
+    for rel, entry in files.items():
+        if sha256_file(bundle_dir / rel) != entry.get("sha256"):
             raise InputError(
-                f"{path}: SHA-256 differs from the manifest (file changed or corrupt); {BUILD_HINT}"
+                f"{bundle_dir / rel}: SHA-256 differs from the manifest (file changed or corrupt); {BUILD_HINT}"
             )
+    record_verified(bundle_dir, files)
 
 
-def _check_dims(bundle_dir: Path, manifest: dict[str, Any], paths: BundlePaths) -> None:
-    """The embedder's dim (manifest and its own config) must equal the index's dim."""
+def _check_dims(bundle_dir: Path, manifest: dict[str, Any], paths: BundlePaths) -> int:
+    """The embedder's dim (manifest and its own config) must equal the index's dim; returns the indexed items."""
     embedder_dim = manifest["embedder"]["dim"]
-    index_dim = read_index_header(paths.index)["dim"]
+    try:
+        facts = index_facts(bundle_dir, manifest["index"])
+    except InputError as exc:
+        raise InputError(f"{exc}; {BUILD_HINT}") from None
+    index_dim = facts["dim"]
     if manifest["index"]["dim"] != index_dim:
         raise InputError(
             f"{paths.index}: dim {index_dim}, manifest says {manifest['index']['dim']}; {BUILD_HINT}"
@@ -258,3 +287,4 @@ def _check_dims(bundle_dir: Path, manifest: dict[str, Any], paths: BundlePaths) 
     metric = manifest["index"].get("metric", METRIC)
     if metric != METRIC:
         raise InputError(f"{bundle_dir}: index metric {metric!r}, expected {METRIC!r}; {BUILD_HINT}")
+    return int(facts["num_items"])

@@ -9,28 +9,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gloss.edge.bundle import (
+    CATALOG_ARRAYS_FILE,
     CATALOG_FILE,
     COPURCHASE_FILE,
     EMBEDDER_DIR,
     GENERATOR_FILE,
-    INDEX_FILE,
     ITEM_TEXT,
     TRIE_FILE,
     Bundle,
     load_bundle,
 )
-from gloss.edge.catalog import Catalog, load_catalog, save_catalog
+from gloss.edge.catalog import Catalog, load_catalog, save_catalog, save_catalog_arrays
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
 from gloss.edge.files import check_input_file, read_jsonl_lines, sha256_file
 from gloss.edge.fusion import FusionConfig
 from gloss.edge.generation.gguf_header import check_gguf
-from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, METRIC, ItemIndex
+from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, KINDS
 from gloss.edge.manifest import MANIFEST_NAME, OPTIONAL_SECTIONS, SECTIONS, write_manifest
 from gloss.edge.outdir import atomic_dir
 from gloss.edge.trie import check_titles
+from gloss.edge.verified import record_verified
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
+from gloss.export.embedder import EmbedRun, open_run_embedder
+from gloss.export.index import write_index
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +68,22 @@ def _copy_generator(bundle_dir: Path, gguf_path: Path) -> None:
     shutil.copyfile(gguf_path, target)
 
 
-def _copy_embedder(embedder_dir: Path, target: Path) -> OnnxEmbedder:
+def _copy_embedder(embedder_dir: Path, target: Path) -> None:
     target.mkdir(parents=True)
     for name in EMBEDDER_FILES:
         shutil.copyfile(embedder_dir / name, target / name)
-    return OnnxEmbedder.load(target)
 
 
 def embed_catalog(catalog: Catalog, embedder: OnnxEmbedder, show_progress: bool | None = None) -> Any:
-    """Embed every catalogue item as ``ITEM_TEXT`` (``Title: <title>``, the form queries take)."""
-    texts = [ITEM_TEXT.format(title=title) for title in catalog.titles]
-    return embedder.embed(texts, show_progress=show_progress)
+    """Embed every catalogue item as ``ITEM_TEXT`` (``Title: <title>``, the form queries take), a chunk at a time.
+
+    Returns:
+        float32 (len(catalog), dim); for a whole catalogue that belongs in a bundle, :func:`write_index` writes
+        the vectors to disk as they come instead.
+    """
+    texts = (ITEM_TEXT.format(title=title) for title in catalog.titles)
+    chunks = list(embedder.embed_stream(texts, show_progress=show_progress, total=len(catalog)))
+    return np.vstack(chunks) if chunks else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
 def build_bundle(
@@ -91,6 +101,8 @@ def build_bundle(
     sequences_path: Path | None = None,
     holdout: int = 0,
     fusion_config: FusionConfig | None = None,
+    embed_run: EmbedRun | None = None,
+    index_kind: str | None = None,
 ) -> Path:
     """Build a bundle folder: catalogue, embedder, index of all titles, optional generator, then the manifest.
 
@@ -116,6 +128,8 @@ def build_bundle(
         holdout: Items left out at the end of every sequence: 0 to serve, 1 to evaluate on test, 2 on
             validation.
         fusion_config: Fusion weights for the manifest; default :class:`FusionConfig`.
+        embed_run: Threads, batch size and device of the embedding run (default: all CPU cores, or CUDA).
+        index_kind: ``exact``, ``hnsw`` or None (by size: :data:`gloss.edge.index.HNSW_MIN_ITEMS`).
 
     Returns:
         ``out_dir``.
@@ -128,6 +142,9 @@ def build_bundle(
         raise InputError("give either a generator GGUF or an adapter, not both")
     if index_dtype not in INDEX_DTYPES:
         raise InputError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {index_dtype!r}")
+    if index_kind not in (None, *KINDS):
+        raise InputError(f"--index-kind must be one of {', '.join(KINDS)}, got {index_kind!r}")
+    embed_run = embed_run or EmbedRun()
     if adapter is not None:
         from gloss.export.generator import build_generator_gguf, resolve_adapter
 
@@ -147,27 +164,21 @@ def build_bundle(
     name = name or catalog_path.name.split(".")[0]
     with atomic_dir(out_dir, marker=MANIFEST_NAME) as tmp:
         save_catalog(catalog, tmp / CATALOG_FILE)
+        save_catalog_arrays(catalog, tmp / CATALOG_ARRAYS_FILE, tmp / CATALOG_FILE)
         if embedder_dir is None:
             from gloss.export.embedder import export_embedder  # lazy: imports torch and optimum
 
             export_embedder(tmp / EMBEDDER_DIR, int8=int8_embedder)
-            embedder = OnnxEmbedder.load(tmp / EMBEDDER_DIR)
         else:
-            embedder = _copy_embedder(Path(embedder_dir), tmp / EMBEDDER_DIR)
-        vectors = embed_catalog(catalog, embedder, show_progress)
-        index = ItemIndex.build(vectors, show_progress=show_progress, dtype=index_dtype)
-        index.save(tmp / INDEX_FILE)
+            _copy_embedder(Path(embedder_dir), tmp / EMBEDDER_DIR)
+        embedder = open_run_embedder(tmp / EMBEDDER_DIR, embed_run)
+        known: dict[str, Any] = {}
+        index_section = write_index(tmp, catalog.titles, embedder, index_dtype, embed_run, index_kind,
+                                    show_progress=show_progress, known=known)
         sections: dict[str, Any] = {
-            "catalog": {"file": CATALOG_FILE, "num_items": len(catalog), "name": name},
+            "catalog": {"file": CATALOG_FILE, "arrays": CATALOG_ARRAYS_FILE, "num_items": len(catalog), "name": name},
             "embedder": {"dir": EMBEDDER_DIR, **_embedder_section(embedder)},
-            "index": {
-                "file": INDEX_FILE,
-                "dim": index.dim,
-                "metric": METRIC,
-                "dtype": index.dtype,
-                "num_items": len(index),
-                "item_text": ITEM_TEXT,
-            },  # fmt: skip
+            "index": index_section,
         }
         if gguf_path is not None:
             _copy_generator(tmp, Path(gguf_path))
@@ -181,7 +192,8 @@ def build_bundle(
         if sequences_path is not None:
             sections["fusion"] = _fusion_section(tmp, catalog, Path(sequences_path), holdout, DEFAULT_WINDOW,
                                                  DEFAULT_DECAY, fusion_config)
-        write_manifest(tmp, sections)
+        manifest = write_manifest(tmp, sections, known=known)
+    record_verified(out_dir, manifest["files"])  # hashed while written: the first load need not hash again
     has_generator = gguf_path is not None or adapter is not None
     logger.info("bundle %s: %d items, generator: %s", out_dir, len(catalog), has_generator)
     return out_dir

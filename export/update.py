@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gloss.edge.bundle import (
+    CATALOG_ARRAYS_FILE,
     CATALOG_FILE,
     COPURCHASE_FILE,
     GENERATOR_FILE,
@@ -33,7 +34,7 @@ from gloss.edge.bundle import (
     Bundle,
     load_bundle,
 )
-from gloss.edge.catalog import Catalog, save_catalog
+from gloss.edge.catalog import Catalog, save_catalog, save_catalog_arrays
 from gloss.edge.copurchase import CoPurchase
 from gloss.edge.errors import InputError, require
 from gloss.edge.files import read_jsonl
@@ -253,6 +254,7 @@ def update_bundle(
 
     def write(tmp: Path, _: Bundle) -> dict[str, Any]:
         save_catalog(catalog, tmp / CATALOG_FILE)
+        save_catalog_arrays(catalog, tmp / CATALOG_ARRAYS_FILE, tmp / CATALOG_FILE)
         num_indexed = _write_index(bundle, tmp / INDEX_FILE, old_to_new, new_vectors)
         history = list(bundle.manifest["catalog"].get("updates", []))
         history.append({
@@ -262,8 +264,8 @@ def update_bundle(
             "remove_file": Path(remove_path).name if remove_path else None,
         })  # fmt: skip
         sections: dict[str, Any] = {
-            "catalog": {**bundle.manifest["catalog"], "num_items": len(catalog), "version": version,
-                        "updates": history},
+            "catalog": {**bundle.manifest["catalog"], "arrays": CATALOG_ARRAYS_FILE, "num_items": len(catalog),
+                        "version": version, "updates": history},
             "index": {**bundle.manifest["index"], "num_items": num_indexed},
         }
         if bundle.fusion_meta is not None and bundle.paths.copurchase is not None:
@@ -275,7 +277,7 @@ def update_bundle(
             sections["generator"] = generator
         return sections
 
-    rewrite_bundle(bundle, write, skip=(CATALOG_FILE, INDEX_FILE))
+    rewrite_bundle(bundle, write, skip=(CATALOG_FILE, CATALOG_ARRAYS_FILE, INDEX_FILE))
     logger.info("bundle %s: +%d -%d items -> %d (catalogue version %d)", bundle_dir, len(add_asins), len(remove),
                 len(catalog), version)
     return UpdateResult(Path(bundle_dir), len(add_asins), len(remove), len(catalog), version)

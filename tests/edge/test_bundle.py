@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gloss.edge.bundle import CATALOG_FILE, EMBEDDER_DIR, INDEX_FILE, load_bundle
+from gloss.edge.bundle import CATALOG_ARRAYS_FILE, CATALOG_FILE, EMBEDDER_DIR, INDEX_FILE, load_bundle
 from gloss.edge.catalog import load_catalog
 from gloss.edge.embed import CONFIG_NAME
 from gloss.edge.errors import InputError
@@ -290,12 +290,27 @@ def _relisted(change: Callable[[Path], object]) -> Callable[[Path], None]:
     return apply
 
 
+def _without_compact_catalogue(change: Callable[[Path], object]) -> Callable[[Path], object]:
+    """As a bundle built before catalog.bin existed: the JSONL is what load_bundle parses."""
+
+    def apply(bundle_dir: Path) -> None:
+        (bundle_dir / CATALOG_ARRAYS_FILE).unlink()
+        edit_manifest(bundle_dir, lambda m: m["catalog"].pop("arrays"))
+        change(bundle_dir)
+
+    return apply
+
+
 LATIN1_ROW = b'{"asin": "A", "title": "Cr\xe8me"}\n'
 LATIN1_MANIFEST = b'{"format_version": 1, "note": "\xe9"}'
 BAD_BYTES: list[tuple[str, Callable[[Path], None], str]] = [
-    ("catalog-not-gzip", _relisted(lambda d: (d / CATALOG_FILE).write_bytes(b"\x1f\x8b junk" * 8)),
+    ("catalog-not-gzip",
+     _relisted(_without_compact_catalogue(lambda d: (d / CATALOG_FILE).write_bytes(b"\x1f\x8b junk" * 8))),
      f"{CATALOG_FILE}: cannot be read as gzipped JSON Lines"),
-    ("catalog-latin1", _relisted(lambda d: (d / CATALOG_FILE).write_bytes(gzip.compress(LATIN1_ROW))),
+    ("catalog-changed", _relisted(lambda d: (d / CATALOG_FILE).write_bytes(gzip.compress(LATIN1_ROW))),
+     f"{CATALOG_ARRAYS_FILE}: built from another catalogue file than the bundle's"),
+    ("catalog-latin1",
+     _relisted(_without_compact_catalogue(lambda d: (d / CATALOG_FILE).write_bytes(gzip.compress(LATIN1_ROW)))),
      rf"{CATALOG_FILE} \(decompressed\): not UTF-8 text: byte 0xe8 at byte offset {LATIN1_ROW.index(0xE8)} "
      r"\(line 1\)"),
     ("index-zeros", _relisted(lambda d: (d / INDEX_FILE).write_bytes(bytes(4096))), f"{INDEX_FILE}: not a usearch"),
