@@ -98,6 +98,8 @@ def shoot_report(report: Path, out: Path) -> None:
         driver.get(report.resolve().as_uri())
         WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(
             "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, height + 150)  # the whole page: the window's frame takes some of it
         driver.save_screenshot(str(out))
     finally:
         driver.quit()

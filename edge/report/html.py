@@ -30,10 +30,13 @@ h3 { font-size: 1rem; margin: 0.8rem 0 0.4rem; }
 .swatch { display: inline-block; width: 0.8rem; height: 0.8rem; border-radius: 2px; margin-right: 0.35rem; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 0.88rem; }
 th, td { padding: 0.25rem 0.55rem; text-align: right; border-bottom: 1px solid #e3e8ed; }
-th:first-child, td:first-child { text-align: left; } thead th { border-bottom: 2px solid #c9d3dd; }
+th:first-child, td:first-child, .left { text-align: left; }
+.ci { display: block; font-size: 0.78rem; color: #5d6b7a; font-weight: normal; }
+thead th { border-bottom: 2px solid #c9d3dd; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.15rem 1rem; margin: 0.4rem 0; font-size: 0.88rem; }
 dt { color: #5d6b7a; } dd { margin: 0; overflow-wrap: anywhere; }
-.plots { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; flex: 1 1 540px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 1rem; }
+figure { margin: 0; }
 figure img { width: 100%; height: auto; border: 1px solid #e3e8ed; border-radius: 6px; }
 figcaption { font-size: 0.85rem; color: #5d6b7a; margin-top: 0.2rem; }
 td.up { color: #2d6a25; font-weight: 600; } td.down { color: #9b2c2c; font-weight: 600; }
@@ -62,11 +65,8 @@ def rule_facts(run: Run) -> list[tuple[str, str]]:
                                       f"{config.get('per_query', 1)} item(s) per query"))
     kept = "removed" if config.get("exclude_seen") else "kept (the paper's convention)"
     facts += [("items already in the history", kept),
-              ("items ranked per user", str(run.per_user.depth)),
-              ("users", f"{len(run.per_user.users):,}"),
-              ("segments", f"cold: <= {COLD_START_MAX} interactions; power: > {run.power_min}; regular: between"),
-              ("MRR", f"mean of 1/rank of the target within the top {MRR_K} (0 if absent)"),
-              ("evaluation time", f"{run.seconds:.1f} s")]
+              ("ranked per user", f"{run.per_user.depth} items; {len(run.per_user.users):,} users in "
+                                  f"{run.seconds:.1f} s")]
     return facts
 
 
@@ -77,6 +77,8 @@ def _label(metric: str) -> str:
 def _metrics_table(runs: Sequence[Run]) -> str:
     """One table, both runs' rows under each segment (the runs side by side, row by row)."""
     summaries = [segment_summary(run.per_user, run.power_min) for run in runs]
+    power = "/".join(sorted({str(run.power_min) for run in runs}))
+    what = "the data set's power_min" if len(runs) == 1 or runs[0].power_min == runs[1].power_min else "per run"
     names = [m for m in TABLE_METRICS if all(m in summary["all"] for summary in summaries)]
     head = "".join(f"<th>{escape(_label(m))}</th>" for m in names)
     rows = []
@@ -84,11 +86,13 @@ def _metrics_table(runs: Sequence[Run]) -> str:
         for run, summary, color in zip(runs, summaries, plots.COLORS, strict=False):
             values = summary[segment]
             cells = "".join(f"<td>{_number(values[m])}</td>" for m in names)
-            rows.append(f'<tr><td>{segment}</td><td><span class="swatch" style="background:{color}"></span>'
-                        f"{escape(run.label)}</td><td>{int(values['users']):,}</td>{cells}</tr>")
-    return (f"<table><thead><tr><th>segment</th><th>run</th><th>users</th>{head}</tr></thead>"
+            rows.append(f'<tr><td>{segment}</td><td class="left"><span class="swatch" style="background:{color}">'
+                        f"</span>{escape(run.label)}</td><td>{int(values['users']):,}</td>{cells}</tr>")
+    return (f'<table><thead><tr><th>segment</th><th class="left">run</th><th>users</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>"
-            '<p class="muted small">R@k = Recall@k, N@k = NDCG@k (one relevant item: the user\'s next item).</p>')
+            f'<p class="muted small">R@k = Recall@k, N@k = NDCG@k (one relevant item: the user\'s next item); MRR = '
+            f"mean of 1/rank of the target within the top {MRR_K} (0 if absent). The paper's segments: cold = at most "
+            f"{COLD_START_MAX} interactions, power = more than {power} ({escape(what)}), regular = between.</p>")
 
 
 def _facts(facts: Sequence[tuple[str, str]]) -> str:
@@ -102,24 +106,30 @@ def _image(svg: str, alt: str, caption: str) -> str:
 
 
 def _comparison(comparison: Comparison, this: Run, other: Run) -> str:
+    """The paired differences as a metrics x segments table, each cell the difference and its interval."""
     lines = [f"<p>Paired by user: {comparison.shared:,} users in both runs"
              + (f" ({comparison.only_this:,} only in this run and {comparison.only_other:,} only in the other are "
                 "left out)" if comparison.only_this or comparison.only_other else "")
              + f". This run ranks the target higher for {comparison.wins:,} users, lower for {comparison.losses:,}, "
-               f"the same for {comparison.ties:,} (a miss counts as the lowest rank).</p>",
-             "<p class=\"muted small\">difference = this run minus the other, mean over the paired users; the "
-             "interval is the 2.5th to 97.5th percentile of 2,000 bootstrap resamples of users (seed 0). "
-             "Green or red: the interval excludes 0.</p>"]
-    header = (f"<tr><th>segment</th><th>metric</th><th>users</th><th>{escape(this.label)}</th>"
-              f"<th>{escape(other.label)}</th><th>difference</th><th>95% interval</th></tr>")
+               f"the same for {comparison.ties:,} (a miss counts as the lowest rank).</p>"]
+    segments = list(dict.fromkeys(row.segment for row in comparison.rows))
+    metrics = list(dict.fromkeys(row.metric for row in comparison.rows))
+    cell = {(row.metric, row.segment): row for row in comparison.rows}
+    users = {row.segment: row.users for row in comparison.rows}
+    head = "".join(f"<th>{escape(s)}<span class=\"ci\">{users[s]:,} users</span></th>" for s in segments)
     rows = []
-    for row in comparison.rows:
-        mark = "up" if row.low > 0 else "down" if row.high < 0 else ""
-        rows.append(f"<tr><td>{escape(row.segment)}</td><td>{escape(row.metric)}</td><td>{row.users:,}</td>"
-                    f"<td>{_number(row.this)}</td><td>{_number(row.other)}</td>"
-                    f'<td class="{mark}">{_signed(row.diff)}</td>'
-                    f"<td>[{_signed(row.low)}, {_signed(row.high)}]</td></tr>")
-    lines.append(f"<table><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>")
+    for metric in metrics:
+        cells = []
+        for segment in segments:
+            row = cell[(metric, segment)]
+            mark = "up" if row.low > 0 else "down" if row.high < 0 else ""
+            cells.append(f'<td class="{mark}">{_signed(row.diff)}'
+                         f'<span class="ci">[{_signed(row.low)}, {_signed(row.high)}]</span></td>')
+        rows.append(f"<tr><td>{escape(_label(metric))}</td>{''.join(cells)}</tr>")
+    lines.append(f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    lines.append(f'<p class="muted small">Each cell: {escape(this.label)} minus {escape(other.label)}, the mean '
+                 "over the paired users, and below it the 95% interval: the 2.5th to 97.5th percentile of 2,000 "
+                 "bootstrap resamples of the users (seed 0). Green or red: the interval excludes 0.</p>")
     return "".join(lines)
 
 
@@ -147,19 +157,21 @@ def render_report(this: Run, other: Run | None = None, title: str = "", command:
     for run, color in zip(runs, plots.COLORS, strict=False):
         parts.append(f'<div><h3><span class="swatch" style="background:{color}"></span>{escape(run.label)}</h3>'
                      f"{_facts(rule_facts(run))}</div>")
-    parts += ["</div>", _metrics_table(runs), "<h2>Plots</h2>", '<div class="plots">',
+    parts += ["</div>", _metrics_table(runs)]
+    if comparison is not None and other is not None:
+        parts += ["<h2>Paired comparison</h2>", _comparison(comparison, this, other)]
+    parts += ["<h2>Plots</h2>", '<div class="plots">',
               _image(plots.recall_curve_svg(runs), "Recall@k curve", f"Recall@k for k = 1 to {depth}: the share "
                      "of users whose next item is among the first k."),
               _image(plots.segments_svg(runs), "Metrics per user segment", "Recall@10 and NDCG@10 for the paper's "
                      "user segments (cold-start and power users)."),
               _image(plots.rank_distribution_svg(runs), "Rank distribution of the target",
-                     "Where the target item lands: % of users per rank of the target, and not ranked at all."),
+                     "Where the target item lands: % of users per rank of the target (ranks 1 to 5 one by one, then "
+                     "6-10 and tens); the legend gives the share not ranked at all."),
+              *([] if comparison is None or other is None else [_image(
+                  plots.difference_curve_svg(comparison, this.label, other.label), "Recall@k difference",
+                  "Recall@k of this run minus the other's, per k, with its 95% bootstrap interval.")]),
               "</div>"]
-    if comparison is not None and other is not None:
-        parts += ["<h2>Paired comparison</h2>", _comparison(comparison, this, other), '<div class="plots">',
-                  _image(plots.difference_curve_svg(comparison, this.label, other.label), "Recall@k difference",
-                         "Recall@k of this run minus the other's, per k, with its 95% bootstrap interval."),
-                  "</div>"]
     body = "\n".join(parts)
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>GLoSS evaluation report'
             f"{' - ' + escape(title) if title else ''}</title>\n<style>{STYLE}</style></head>\n<body>\n{body}\n"

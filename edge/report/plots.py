@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from gloss.edge.errors import require
-from gloss.edge.metrics import COLD_START_MAX
 from gloss.edge.report.runs import Comparison, Run, rank_counts, recall_curve, segment_summary
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def recall_curve_svg(runs: Sequence[Run]) -> str:
 
 def segments_svg(runs: Sequence[Run]) -> str:
     """Recall@10 and NDCG@10 per user segment (the paper's cold / regular / power users), bars per run."""
-    figure = _figure(7.2, 3.4)
+    figure = _figure()
     summaries = [segment_summary(run.per_user, run.power_min, ks=(10,)) for run in runs]
     width = 0.8 / len(runs)
     for column, metric in enumerate(("recall@10", "ndcg@10")):
@@ -72,39 +71,40 @@ def segments_svg(runs: Sequence[Run]) -> str:
         for i, (run, summary, color) in enumerate(zip(runs, summaries, COLORS, strict=False)):
             values = [summary[s].get(metric, 0.0) for s in SEGMENT_NAMES]
             bars = axes.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, color=color, label=run.label)
-            axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+            axes.bar_label(bars, fmt="%.3f", fontsize=6.5, padding=1)
         users = summaries[0]
-        axes.set_xticks(x, [f"{s}\n{int(users[s]['users']):,} users" for s in SEGMENT_NAMES], fontsize=8)
+        axes.set_xticks(x, [f"{s}\n({int(users[s]['users']):,})" for s in SEGMENT_NAMES], fontsize=8)
         axes.set_title(metric.replace("recall", "Recall").replace("ndcg", "NDCG"), fontsize=10)
-        axes.margins(y=0.15)
+        axes.margins(y=0.12)
         _style(axes)
-    figure.axes[0].legend(frameon=False, fontsize=8, loc="upper left")
-    figure.suptitle(f"segments (the paper's): cold <= {COLD_START_MAX} interactions, power > {runs[0].power_min}, "
-                    "regular between", fontsize=8, color="#555555")
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside upper center", ncols=len(runs), frameon=False, fontsize=8)
+    figure.supxlabel("user segment (users)", fontsize=8)
     return _svg(figure)
 
 
 def rank_distribution_svg(runs: Sequence[Run]) -> str:
-    """Share of users by the rank of their target (1..5 one by one, then in tens), and the share not ranked."""
-    figure = _figure(7.2, 3.4)
+    """Share of users by the rank of their target (1..5 one by one, then in tens); the share whose target is not
+    ranked at all is in the legend (it would dwarf the bars)."""
+    figure = _figure()
     axes = figure.add_subplot()
     depth = min(run.per_user.depth for run in runs)
     edges = [b for b in RANK_BINS if b <= depth] + [depth + 1]
     labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    labels.append(f"not in\ntop {depth}")
     width = 0.8 / len(runs)
     x = np.arange(len(labels))
     for i, (run, color) in enumerate(zip(runs, COLORS, strict=False)):
         counts, missing = rank_counts(run.per_user.ranks, depth)
-        binned = [counts[lo - 1 : hi - 1].sum() for lo, hi in zip(edges[:-1], edges[1:], strict=True)] + [missing]
-        shares = 100 * np.asarray(binned) / max(len(run.per_user.ranks), 1)
-        bars = axes.bar(x + (i - (len(runs) - 1) / 2) * width, shares, width, color=color, label=run.label)
+        users = max(len(run.per_user.ranks), 1)
+        shares = [100 * counts[lo - 1 : hi - 1].sum() / users for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        label = f"{run.label}: {100 * missing / users:.1f}% not in the top {depth}"
+        bars = axes.bar(x + (i - (len(runs) - 1) / 2) * width, shares, width, color=color, label=label)
         axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     axes.set_xticks(x, labels, fontsize=8)
     axes.set_xlabel("rank of the target item")
     axes.set_ylabel("% of users")
     axes.legend(frameon=False, fontsize=8)
-    axes.margins(y=0.12)
+    axes.margins(y=0.25)
     _style(axes)
     return _svg(figure)
 
