@@ -13,8 +13,11 @@ Layout (CSR, nodes numbered breadth-first, children sorted by token)::
     leaf_items[leaf_offsets[j]:leaf_offsets[j + 1]]   catalogue positions of leaf j
 
 The numbering makes child ids implicit, so the trie costs about 4 bytes per edge plus 8 per leaf.
-Saved as one ``.npz`` with a JSON metadata entry: the catalogue and tokenizer it was built for, so that a
-trie is never used with another catalogue or tokenizer.
+Saved (format 2) as one :mod:`gloss.edge.arrays` file whose metadata names the catalogue and tokenizer it was
+built for, so that a trie is never used with another catalogue or tokenizer; it is opened memory-mapped, so a
+million-title trie (~15 million nodes) costs nothing to open and a beam reads only the nodes it walks, each
+lookup checking the offsets and positions it reads. Format 1 (an ``.npz`` read into memory) still loads.
+The arrays are built by :mod:`gloss.edge.trie_csr` from flat token arrays, in memory linear in the tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import tokenize
 import zipfile
 import zlib
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from gloss.edge.arrays import open_arrays, save_arrays
 from gloss.edge.errors import InputError
-from gloss.edge.files import atomic_path, check_input_file
+from gloss.edge.files import check_input_file
 from gloss.edge.strings import StringArray
+from gloss.edge.trie_csr import FlatSequences, csr_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,8 @@ logger = logging.getLogger(__name__)
 NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, NotImplementedError,
               RuntimeError, tokenize.TokenError)
 
-TRIE_FORMAT_VERSION = 1
+TRIE_FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1  # the .npz read into memory
 ARRAYS = ("offsets", "tokens", "leaf_nodes", "leaf_offsets", "leaf_items")
 # Generated prefix -> node of the running beams (a search of 5 beams adds ~5 per step): a cache, not a second
 # trie, so it is small and simply cleared when full.
@@ -132,7 +139,7 @@ class TokenTrie:
     @classmethod
     def from_sequences(
         cls,
-        sequences: Sequence[Sequence[int]],
+        sequences: Sequence[Sequence[int]] | FlatSequences,
         end_token_ids: Sequence[int],
         catalog_sha256: str,
         tokenizer_sha256: str,
@@ -140,7 +147,8 @@ class TokenTrie:
         """Build the trie of ``sequences[i] + (end,)`` for every item ``i`` and end token.
 
         Args:
-            sequences: Token ids of each catalogue item's rendered title, in catalogue order.
+            sequences: Token ids of each catalogue item's rendered title, in catalogue order (lists, or one
+                :class:`~gloss.edge.trie_csr.FlatSequences` for a large catalogue).
             end_token_ids: Tokens that may end a title.
             catalog_sha256: Fingerprint of the catalogue (recorded, checked on load).
             tokenizer_sha256: Fingerprint of the tokenizer (recorded, checked on load).
@@ -148,32 +156,35 @@ class TokenTrie:
         Raises:
             InputError: If there are no items, an item has no tokens, or no end token is given.
         """
-        if not sequences:
+        flat = sequences if isinstance(sequences, FlatSequences) else FlatSequences.from_lists(list(sequences))
+        if not len(flat):
             raise InputError("empty catalogue: a trie needs at least one item")
         if not end_token_ids:
             raise InputError("a trie needs at least one end token (the tokenizer's EOS)")
-        empty = [i for i, seq in enumerate(sequences) if len(seq) == 0]
-        if empty:
-            raise InputError(f"catalogue item at position {empty[0]} tokenises to nothing")
+        empty = np.flatnonzero(flat.lengths == 0)
+        if len(empty):
+            raise InputError(f"catalogue item at position {int(empty[0])} tokenises to nothing")
         ends = sorted({int(t) for t in end_token_ids})
-        for position, seq in enumerate(sequences):
-            inside = set(ends).intersection(map(int, seq))
-            if inside:
-                raise InputError(f"catalogue item at position {position} holds the end token {min(inside)}")
-        by_sequence: dict[tuple[int, ...], list[int]] = {}
-        for position, seq in enumerate(sequences):
-            for end in ends:
-                by_sequence.setdefault((*map(int, seq), end), []).append(position)
-        distinct = sorted(by_sequence)
-        arrays = _csr_arrays(distinct, [by_sequence[s] for s in distinct])
+        inside = np.flatnonzero(np.isin(flat.tokens, ends))
+        if len(inside):
+            position = int(np.searchsorted(flat.offsets, inside[0], side="right") - 1)
+            own = flat.tokens[flat.offsets[position] : flat.offsets[position + 1]]
+            raise InputError(f"catalogue item at position {position} holds the end token "
+                             f"{min(set(ends).intersection(own.tolist()))}")
+        with_ends = [flat.with_end(end) for end in ends]
+        combined = FlatSequences(np.concatenate([f.tokens for f in with_ends]),
+                                 np.concatenate([[0], *(f.offsets[1:] + i * len(f.tokens)
+                                                        for i, f in enumerate(with_ends))]).astype(np.int64))
+        items = np.tile(np.arange(len(flat), dtype=np.int64), len(ends))
+        arrays, num_distinct, max_length = csr_arrays(combined, items)
         meta = TrieMeta(
             catalog_sha256=catalog_sha256,
             tokenizer_sha256=tokenizer_sha256,
             end_token_ids=tuple(ends),
-            num_items=len(sequences),
-            num_sequences=len(distinct) // len(ends),
+            num_items=len(flat),
+            num_sequences=num_distinct // len(ends),
             num_nodes=len(arrays["offsets"]) - 1,
-            max_length=max(len(s) for s in distinct),
+            max_length=max_length,
         )
         return cls(arrays, meta)
 
@@ -194,8 +205,14 @@ class TokenTrie:
         return self.tokens[self.offsets[node] : self.offsets[node + 1]]
 
     def child(self, node: int, token: int) -> int:
-        """Node reached from ``node`` by ``token``, or -1 if the trie has no such edge."""
+        """Node reached from ``node`` by ``token``, or -1 if the trie has no such edge.
+
+        Raises:
+            InputError: If the stored offsets lead outside the trie (a damaged file).
+        """
         start, stop = int(self.offsets[node]), int(self.offsets[node + 1])
+        if not 0 <= start <= stop <= len(self.tokens):
+            raise InputError(f"corrupt trie (node {node} has edges {start}..{stop}); {REBUILD_HINT}")
         at = start + int(np.searchsorted(self.tokens[start:stop], token))
         return at + 1 if at < stop and self.tokens[at] == token else -1
 
@@ -223,7 +240,11 @@ class TokenTrie:
         at = int(np.searchsorted(self.leaf_nodes, node))
         if node < 0 or at == len(self.leaf_nodes) or self.leaf_nodes[at] != node:
             return ()
-        return tuple(self.leaf_items[self.leaf_offsets[at] : self.leaf_offsets[at + 1]].tolist())
+        found = tuple(self.leaf_items[self.leaf_offsets[at] : self.leaf_offsets[at + 1]].tolist())
+        if any(not 0 <= item < self.meta.num_items for item in found):
+            raise InputError(f"corrupt trie (an item position is outside 0..{self.meta.num_items - 1}); "
+                             f"{REBUILD_HINT}")
+        return found
 
     def sequences(self) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
         """Every ``(token sequence, item positions)`` stored, depth first in token order."""
@@ -239,19 +260,18 @@ class TokenTrie:
     # -- files ---------------------------------------------------------------------------------------------
 
     def save(self, path: Path) -> Path:
-        """Write the trie as one ``.npz`` (arrays + JSON metadata), atomically."""
-        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, meta=np.array(json.dumps(self.meta.to_dict())), **{n: getattr(self, n) for n in ARRAYS})
-        return Path(path)
+        """Write the trie (arrays + metadata, format 2) atomically."""
+        return save_arrays(Path(path), {n: np.asarray(getattr(self, n), dtype=np.int32) for n in ARRAYS},
+                           self.meta.to_dict())
 
     @classmethod
     def load(
         cls, path: Path, catalog_sha256: str | None = None, tokenizer_sha256: str | None = None
     ) -> TokenTrie:
-        """Open a saved trie and check that it was built for this catalogue and tokenizer.
+        """Open a saved trie (memory-mapped) and check that it was built for this catalogue and tokenizer.
 
         Args:
-            path: A file written by :meth:`save`.
+            path: A file written by :meth:`save` (or a format-1 ``.npz``).
             catalog_sha256: Expected :func:`catalog_fingerprint`; None skips the check.
             tokenizer_sha256: Expected :func:`vocab_fingerprint`; None skips the check.
 
@@ -260,28 +280,38 @@ class TokenTrie:
                 catalogue or tokenizer.
         """
         path = check_input_file(Path(path), "trie file")
+        with open(path, "rb") as handle:
+            legacy = handle.read(2) == b"PK"  # a zip: the format-1 .npz
+        arrays, raw = _read_legacy(path) if legacy else open_arrays(path, "token trie", REBUILD_HINT)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                raw = json.loads(str(data["meta"]))
-                arrays = {name: np.ascontiguousarray(data[name]) for name in ARRAYS}
             meta = TrieMeta(**{**raw, "end_token_ids": tuple(raw["end_token_ids"])})
-        except NPZ_ERRORS as exc:
+        except (KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a gloss token trie ({type(exc).__name__}: {exc}); {REBUILD_HINT}") from None
-        if meta.format_version != TRIE_FORMAT_VERSION:
-            raise InputError(
-                f"{path}: trie format {meta.format_version}, expected {TRIE_FORMAT_VERSION}; {REBUILD_HINT}"
-            )
-        trie = cls(arrays, meta)
-        trie.check(catalog_sha256, tokenizer_sha256, str(path))
+        expected = LEGACY_FORMAT_VERSION if legacy else TRIE_FORMAT_VERSION
+        if meta.format_version != expected or any(name not in arrays for name in ARRAYS):
+            raise InputError(f"{path}: trie format {meta.format_version}, expected {TRIE_FORMAT_VERSION}; "
+                             f"{REBUILD_HINT}")
+        trie = cls({name: arrays[name] for name in ARRAYS}, meta)
+        trie.check(catalog_sha256, tokenizer_sha256, str(path), full=legacy)
         return trie
 
-    def check(self, catalog_sha256: str | None, tokenizer_sha256: str | None, name: str = "trie") -> None:
-        """Raise InputError unless the arrays are consistent and the fingerprints (when given) match."""
+    def check(
+        self, catalog_sha256: str | None, tokenizer_sha256: str | None, name: str = "trie", full: bool = True
+    ) -> None:
+        """Raise InputError unless the arrays fit together and the fingerprints (when given) match.
+
+        Args:
+            catalog_sha256: Expected catalogue fingerprint, or None.
+            tokenizer_sha256: Expected tokenizer fingerprint, or None.
+            name: The file, for messages.
+            full: Also scan every array (O(nodes)); a memory-mapped trie checks sizes and ends only, and each
+                lookup checks what it reads.
+        """
         if catalog_sha256 is not None and catalog_sha256 != self.meta.catalog_sha256:
             raise InputError(f"{name}: built for another catalogue (titles differ); {REBUILD_HINT}")
         if tokenizer_sha256 is not None and tokenizer_sha256 != self.meta.tokenizer_sha256:
             raise InputError(f"{name}: built for another tokenizer than the generator's; {REBUILD_HINT}")
-        problem = _layout_problem(self)
+        problem = _layout_problem(self, full)
         if problem:
             raise InputError(f"{name}: corrupt trie ({problem}); {REBUILD_HINT}")
 
@@ -322,7 +352,7 @@ def build_trie(
     render = render or render_item
     check_titles(titles)
     bare = list(tokenize(render("")))  # a title that adds no token to the bare prefix tokenises to nothing
-    sequences = []
+    tokens, ends = array("i"), array("q", [0])  # flat: ~4 bytes per token, no Python object per token
     for position, title in enumerate(titles):
         seq = list(tokenize(render(title)))
         if not seq or seq == bare:
@@ -330,54 +360,36 @@ def build_trie(
                 f"catalogue item at position {position}: title {title[:60]!r} tokenises to nothing; "
                 "give every item a non-empty title"
             )
-        sequences.append(seq)
-    return TokenTrie.from_sequences(sequences, end_token_ids, catalog_fingerprint(titles), tokenizer_sha256)
+        tokens.extend(seq)
+        ends.append(len(tokens))
+    flat = FlatSequences(np.frombuffer(tokens, dtype=np.int32) if tokens else np.zeros(0, np.int32),
+                         np.frombuffer(ends, dtype=np.int64))
+    return TokenTrie.from_sequences(flat, end_token_ids, catalog_fingerprint(titles), tokenizer_sha256)
 
 
-def _csr_arrays(distinct: list[tuple[int, ...]], items: list[list[int]]) -> dict[str, np.ndarray]:
-    """CSR arrays of sorted, distinct sequences (none a prefix of another: each ends with an end token)."""
-    num, width = len(distinct), max(len(s) for s in distinct)
-    padded = np.full((num, width), -1, dtype=np.int64)
-    lengths = np.array([len(s) for s in distinct], dtype=np.int64)
-    for row, seq in enumerate(distinct):
-        padded[row, : len(seq)] = seq
-    # lcp[i]: tokens sequence i shares with sequence i - 1; a node is new where depth >= lcp.
-    differs = padded[1:] != padded[:-1]
-    lcp = np.concatenate([[0], np.where(differs.any(axis=1), differs.argmax(axis=1), width)])
-    depth = np.arange(width)[None, :]
-    is_new = (depth < lengths[:, None]) & (depth >= lcp[:, None])
-    node_at = np.zeros((num, width), dtype=np.int64)
-    parents, tokens, next_id = [], [], 1
-    for d in range(width):  # breadth first: depth by depth, rows (= tokens under a parent) in order
-        new = is_new[:, d]
-        node_at[:, d] = next_id - 1 + np.cumsum(new)
-        parents.append(node_at[new, d - 1] if d else np.zeros(int(new.sum()), dtype=np.int64))
-        tokens.append(padded[new, d])
-        next_id += int(new.sum())
-    parent = np.concatenate(parents)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=next_id))])
-    leaves = node_at[np.arange(num), lengths - 1]
-    order = np.argsort(leaves, kind="stable")  # a short title's leaf is numbered before a longer one's
-    counts = np.array([len(items[i]) for i in order], dtype=np.int64)
-    return {
-        "offsets": offsets.astype(np.int32),
-        "tokens": np.concatenate(tokens).astype(np.int32),
-        "leaf_nodes": leaves[order].astype(np.int32),
-        "leaf_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
-        "leaf_items": np.array([p for i in order for p in items[i]], dtype=np.int32),
-    }
+def _read_legacy(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and metadata of a format-1 ``.npz`` trie, read into memory."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            raw = json.loads(str(data["meta"]))
+            arrays = {name: np.ascontiguousarray(data[name]) for name in ARRAYS}
+    except NPZ_ERRORS as exc:
+        raise InputError(f"{path}: not a gloss token trie ({type(exc).__name__}: {exc}); {REBUILD_HINT}") from None
+    return arrays, raw
 
 
-def _layout_problem(trie: TokenTrie) -> str | None:
-    """A short description of the first inconsistency in the arrays, or None."""
+def _layout_problem(trie: TokenTrie, full: bool = True) -> str | None:
+    """A short description of the first inconsistency in the arrays, or None (``full``: scan every value)."""
     offsets, tokens = trie.offsets, trie.tokens
     meta = trie.meta
     if offsets.ndim != 1 or len(offsets) != meta.num_nodes + 1 or len(tokens) != meta.num_nodes - 1:
         return f"{len(offsets) - 1} nodes and {len(tokens)} edges, metadata says {meta.num_nodes} nodes"
-    if offsets[0] != 0 or offsets[-1] != len(tokens) or np.any(np.diff(offsets) < 0):
+    if offsets[0] != 0 or offsets[-1] != len(tokens) or (full and np.any(np.diff(offsets) < 0)):
         return "node offsets are not increasing"
     if len(trie.leaf_offsets) != len(trie.leaf_nodes) + 1 or trie.leaf_offsets[-1] != len(trie.leaf_items):
         return "leaf offsets do not match the leaf items"
+    if not full:
+        return None
     if len(trie.leaf_items) and (trie.leaf_items.min() < 0 or trie.leaf_items.max() >= meta.num_items):
         return f"an item position is outside 0..{meta.num_items - 1}"
     if len(trie.leaf_nodes) and (trie.leaf_nodes.min() < 1 or trie.leaf_nodes.max() >= meta.num_nodes):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from gloss.edge.errors import InputError
 from gloss.edge.generation.beam import Beams, BeamSettings, constrain_log_probs, log_softmax, run_beam_search
-from gloss.edge.trie import TokenTrie, build_trie, catalog_fingerprint, check_titles
+from gloss.edge.trie import ARRAYS, TokenTrie, build_trie, catalog_fingerprint, check_titles
 
 END = 0  # the fake vocabulary's EOS
 VOCAB = 6
@@ -186,12 +187,77 @@ def test_load_rejects_missing_and_foreign_files(tmp_path: Path, content: bytes |
         TokenTrie.load(path)
 
 
-def test_load_rejects_inconsistent_arrays(tmp_path: Path):
+def test_a_damaged_mapped_trie_is_refused_when_read(tmp_path: Path):
     trie = build_trie(TITLES, word_tokenize, [END], TOKENIZER)
     trie.leaf_items = trie.leaf_items + 10  # positions past the catalogue
-    path = trie.save(tmp_path / "trie.npz")
+    path = trie.save(tmp_path / "trie.bin")
+    loaded = TokenTrie.load(path)  # opening reads sizes and ends only
     with pytest.raises(InputError, match="corrupt trie.*outside"):
-        TokenTrie.load(path)
+        dict(loaded.sequences())
+    trie = build_trie(TITLES, word_tokenize, [END], TOKENIZER)
+    trie.offsets = trie.offsets.copy()
+    trie.offsets[1] = len(trie.tokens) + 5
+    with pytest.raises(InputError, match="corrupt trie .node 0 has edges"):
+        TokenTrie.load(trie.save(tmp_path / "bad.bin")).allowed_tokens((7,))
+
+
+def save_format_1(trie: TokenTrie, path: Path) -> Path:
+    """What TokenTrie.save wrote before issue 16: one .npz read whole at load."""
+    meta = {**trie.meta.to_dict(), "format_version": 1}
+    np.savez(path, meta=np.array(json.dumps(meta)), **{n: getattr(trie, n) for n in ARRAYS})
+    return path
+
+
+def test_a_format_1_npz_still_loads_and_is_checked_in_full(tmp_path: Path):
+    trie = build_trie(TITLES, word_tokenize, [END], TOKENIZER)
+    loaded = TokenTrie.load(save_format_1(trie, tmp_path / "old.npz"), catalog_fingerprint(TITLES), TOKENIZER)
+    assert dict(loaded.sequences()) == dict(trie.sequences())
+    trie.leaf_items = trie.leaf_items + 10
+    with pytest.raises(InputError, match="corrupt trie.*outside"):
+        TokenTrie.load(save_format_1(trie, tmp_path / "bad.npz"))
+
+
+def old_arrays(seqs: list[tuple[int, ...]], ends: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The builder before issue 16 (dict of tuples, padded matrices), the twin the flat builder must equal."""
+    by_sequence: dict[tuple[int, ...], list[int]] = {}
+    for position, seq in enumerate(seqs):
+        for end in sorted(set(ends)):
+            by_sequence.setdefault((*seq, end), []).append(position)
+    distinct = sorted(by_sequence)
+    items = [by_sequence[s] for s in distinct]
+    num, width = len(distinct), max(len(s) for s in distinct)
+    padded = np.full((num, width), -1, dtype=np.int64)
+    lengths = np.array([len(s) for s in distinct], dtype=np.int64)
+    for row, seq in enumerate(distinct):
+        padded[row, : len(seq)] = seq
+    differs = padded[1:] != padded[:-1]
+    lcp = np.concatenate([[0], np.where(differs.any(axis=1), differs.argmax(axis=1), width)])
+    depth = np.arange(width)[None, :]
+    is_new = (depth < lengths[:, None]) & (depth >= lcp[:, None])
+    node_at = np.zeros((num, width), dtype=np.int64)
+    parents, tokens, next_id = [], [], 1
+    for d in range(width):
+        new = is_new[:, d]
+        node_at[:, d] = next_id - 1 + np.cumsum(new)
+        parents.append(node_at[new, d - 1] if d else np.zeros(int(new.sum()), dtype=np.int64))
+        tokens.append(padded[new, d])
+        next_id += int(new.sum())
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(np.concatenate(parents), minlength=next_id))])
+    leaves = node_at[np.arange(num), lengths - 1]
+    order = np.argsort(leaves, kind="stable")
+    counts = np.array([len(items[i]) for i in order], dtype=np.int64)
+    return {"offsets": offsets, "tokens": np.concatenate(tokens), "leaf_nodes": leaves[order],
+            "leaf_offsets": np.concatenate([[0], np.cumsum(counts)]),
+            "leaf_items": np.array([p for i in order for p in items[i]])}
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("ends", [(END,), (END, 99)])
+def test_flat_builder_equals_the_old_builder(seed: int, ends: tuple[int, ...]):
+    seqs = random_catalogue(seed, num_items=300, max_len=30 if seed % 2 else 5)  # ties past one sorting block
+    trie = make_trie(seqs, ends)
+    for name, want in old_arrays(seqs, ends).items():
+        np.testing.assert_array_equal(getattr(trie, name), want, err_msg=name)
 
 
 @pytest.mark.parametrize(
