@@ -10,7 +10,7 @@ Layout (all paths relative to the bundle folder)::
     index/vectors.vN.npy     items added by update N (one segment per update; removed rows listed apart)
     index/graph.usearch      from 100k items: the HNSW graph for approximate search (gloss.edge.hnsw)
     generator/model.gguf     optional: the query generator for llama.cpp
-    generator/trie.npz       with the generator: token trie of the catalogue's titles (gloss.edge.trie)
+    generator/trie.bin       with the generator: token trie of the catalogue's titles, memory-mapped (gloss.edge.trie)
     fusion/copurchase.bin    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.copurchase)
 
 The manifest (gloss.edge.manifest) records the size and SHA-256 of every file, so that a truncated or edited
@@ -49,7 +49,7 @@ INDEX_FILE = "index/vectors.npy"  # the manifest's index.file: the first (or onl
 GRAPH_FILE = "index/graph.usearch"
 LEGACY_INDEX_FILE = "index.usearch"
 GENERATOR_FILE = "generator/model.gguf"
-TRIE_FILE = "generator/trie.npz"  # manifest: generator.trie (rebuilt whenever the generator is)
+TRIE_FILE = "generator/trie.bin"  # manifest: generator.trie (rebuilt with the generator; format 1 was trie.npz)
 COPURCHASE_FILE = "fusion/copurchase.bin"  # format 2, memory-mapped (format 1 was fusion/copurchase.npz)
 ITEM_TEXT = ITEM_PREFIX + "{title}"  # items are embedded like the queries: "Title: <title>"
 
