@@ -154,7 +154,7 @@ def generate(
     constrained: Annotated[bool, typer.Option("--constrained/--free", help="Constrain beams to the catalogue's "
                                               "titles (a token trie); --free: the paper's free beams.")] = False,
     trie_path: Annotated[Path | None, typer.Option("--trie", help="Constrain with this saved trie (e.g. a "
-                                                   "bundle's generator/trie.npz) instead of building one.")] = None,
+                                                   "bundle's generator/trie.bin) instead of building one.")] = None,
 ) -> None:
     """Write 5-beam queries per user in the format `gloss-edge eval --queries` scores."""
     with user_errors():

@@ -113,7 +113,7 @@ def prefix_allowed_tokens(trie: TokenTrie, prompt_width: int, fallback: int) -> 
 
 def load_trie(loaded: LoadedGenerator, data_dir: Path, trie_path: Path | None = None) -> TokenTrie:
     """The catalogue trie for constrained beams: built from ``data_dir``'s catalogue with the model's tokenizer,
-    or loaded from ``trie_path`` (e.g. a bundle's ``generator/trie.npz``) and checked against both.
+    or loaded from ``trie_path`` (e.g. a bundle's ``generator/trie.bin``) and checked against both.
 
     Raises:
         InputError: If the saved trie was built for another catalogue or tokenizer, ends titles with a token

@@ -33,7 +33,7 @@ def fake_gguf(tmp_path: Path, vocab_gguf_path: Path) -> Path:
 
 def without_trie(section: dict | None) -> dict:
     """A generator section without its trie subsection (tests/export/test_trie.py checks that part)."""
-    assert section is not None and section["trie"]["file"] == "generator/trie.npz"
+    assert section is not None and section["trie"]["file"] == "generator/trie.bin"
     return {key: value for key, value in section.items() if key != "trie"}
 
 
