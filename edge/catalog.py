@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +148,41 @@ class Catalog:
                 raise InputError(f"unknown item {key[:80]!r}: neither an item id nor a catalogue title")
             out.append(self.asins[row])
         return out
+
+
+class ItemTexts(Mapping[str, int]):
+    """Item text as embedded (``prefix + title``) -> position of the first item with that title, answered by the
+    catalogue's title lookup: a view that builds nothing (a dict of a million texts would cost ~1 s and ~150 MB
+    at every start).
+
+    Args:
+        catalog: The catalogue.
+        prefix: What every item text starts with (``"Title: "``).
+    """
+
+    def __init__(self, catalog: Catalog, prefix: str) -> None:
+        self.catalog, self.prefix = catalog, prefix
+
+    def __getitem__(self, text: str) -> int:
+        row = self.catalog.find_title(text[len(self.prefix):]) if isinstance(text, str) and \
+            text.startswith(self.prefix) else -1
+        if row < 0:
+            raise KeyError(text)
+        return row
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and text.startswith(self.prefix) and \
+            self.catalog.find_title(text[len(self.prefix):]) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for title in self.catalog.titles:
+            if title not in seen:
+                seen.add(title)
+                yield self.prefix + title
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def as_string_array(strings: Sequence[str]) -> StringArray:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gloss.edge.catalog import Catalog
+from gloss.edge.catalog import Catalog, ItemTexts
 from gloss.edge.embed import Embedder
 from gloss.edge.errors import InputError
 from gloss.edge.explain import Explanation, explain_fusion, explain_paper
@@ -67,7 +67,7 @@ def query_text(generated: str) -> str:
 
 
 def embed_queries(
-    texts: Sequence[str], embedder: Embedder, index: SearchIndex, known: dict[str, int] | None = None
+    texts: Sequence[str], embedder: Embedder, index: SearchIndex, known: Mapping[str, int] | None = None
 ) -> np.ndarray:
     """Embed query texts, reusing the index's vector for a text that is exactly a catalogue item's text.
 
@@ -80,7 +80,7 @@ def embed_queries(
         index: Catalogue index.
         known: Item text -> catalogue position.
     """
-    known = known or {}
+    known = {} if known is None else known  # not `or`: truth-testing a catalogue view would count it
     out = np.empty((len(texts), embedder.dim), dtype=np.float32)
     hits = [(i, known[t]) for i, t in enumerate(texts) if t in known]
     if hits:
@@ -92,12 +92,10 @@ def embed_queries(
     return out
 
 
-def item_texts(catalog: Catalog) -> dict[str, int]:
-    """Catalogue item text (as embedded in the index) -> position."""
-    texts: dict[str, int] = {}
-    for position, title in enumerate(catalog.titles):
-        texts.setdefault(render_item(title), position)
-    return texts
+def item_texts(catalog: Catalog) -> Mapping[str, int]:
+    """Catalogue item text (as embedded in the index) -> position (first item of a title): a view over the
+    catalogue's title lookup, so nothing is built per item at start-up."""
+    return ItemTexts(catalog, ITEM_PREFIX)
 
 
 def search_depth(config: RetrievalConfig, num_seen: int) -> int:

@@ -276,3 +276,17 @@ def test_string_array_behaves_like_a_tuple_of_str():
     with pytest.raises(IndexError):
         column[5]
     assert "5 strings" in repr(column)
+
+
+def test_item_texts_view_equals_the_dict_it_replaced(tricky_catalog):
+    from gloss.edge.recommend import item_texts
+
+    reference: dict[str, int] = {}
+    for position, title in enumerate(tricky_catalog.titles):
+        reference.setdefault(f"Title: {title}", position)
+    view = item_texts(tricky_catalog)
+    assert dict(view) == reference and len(view) == len(reference)
+    assert all(view[text] == position and text in view for text, position in reference.items())
+    assert "Plain" not in view and "Title: plain" not in view and 3 not in view
+    with pytest.raises(KeyError):
+        view["Title: nothing"]
