@@ -227,16 +227,21 @@ def _safe_relative(bundle_dir: Path, rel: str) -> Path:
     return path
 
 
+def part_files(sections: dict[str, Any]) -> list[str]:
+    """Every file the manifest's sections name (catalogue, embedder, index, optional parts, trie)."""
+    needed = [sections["catalog"]["file"], *index_files(sections["index"])]
+    needed += [sections["catalog"]["arrays"]] if isinstance(sections["catalog"].get("arrays"), str) else []
+    needed += [f"{sections['embedder']['dir']}/{name}" for name in EMBEDDER_FILES]
+    needed += [sections[name]["file"] for name in OPTIONAL_SECTIONS if sections.get(name)]
+    needed += [trie_file] if (trie_file := _trie_file(sections)) else []
+    return needed
+
+
 def _check_files(bundle_dir: Path, manifest: dict[str, Any], verify: bool, rehash: bool = False) -> None:
     """Every listed file exists with its size (and hash, unless unchanged since the last full check and not
     ``rehash``); every part the manifest names is listed."""
     files: dict[str, Any] = manifest["files"]
-    needed = [manifest["catalog"]["file"], *index_files(manifest["index"])]
-    needed += [manifest["catalog"]["arrays"]] if isinstance(manifest["catalog"].get("arrays"), str) else []
-    needed += [f"{manifest['embedder']['dir']}/{name}" for name in EMBEDDER_FILES]
-    needed += [manifest[name]["file"] for name in OPTIONAL_SECTIONS if manifest.get(name)]
-    needed += [trie_file] if (trie_file := _trie_file(manifest)) else []
-    unlisted = [rel for rel in needed if rel not in files]
+    unlisted = [rel for rel in part_files(manifest) if rel not in files]
     if unlisted:
         raise InputError(f"{bundle_dir}: manifest has no checksum for {unlisted}; {BUILD_HINT}")
     for rel, entry in files.items():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +24,13 @@ CONFIG_NAME = "gloss_embedder.json"
 EMBEDDER_FILES = (MODEL_NAME, TOKENIZER_NAME, CONFIG_NAME)
 OUTPUT_NAME = "last_hidden_state"
 CONFIG_KEYS = ("dim", "max_length", "pooling", "normalize", "source", "int8")
+DEVICES = ("cpu", "auto", "cuda")
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+DEFAULT_BATCH_SIZE = 64
+# Texts tokenised and length-sorted together by embed_stream. At least the 12-18k catalogues of the paper, so those
+# are embedded in one chunk, i.e. exactly as one embed() call; 32k tokenised titles hold ~120 MB.
+CHUNK_TEXTS = 1 << 15
 
 
 @runtime_checkable
@@ -98,6 +106,17 @@ def _check_folder(model_dir: Path) -> None:
         )
 
 
+def _providers(ort: Any, device: str) -> list[str]:
+    """Execution providers for ``device`` (see :meth:`OnnxEmbedder.load`)."""
+    if device not in DEVICES:
+        raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    has_cuda = CUDA_PROVIDER in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise InputError(f"--device cuda: onnxruntime has no {CUDA_PROVIDER} here (install onnxruntime-gpu on a "
+                         "machine with an NVIDIA GPU), or use --device auto")
+    return [CUDA_PROVIDER, CPU_PROVIDER] if device != "cpu" and has_cuda else [CPU_PROVIDER]
+
+
 class OnnxEmbedder:
     """Sentence embeddings: tokenize, run the ONNX encoder, mean-pool over the mask, L2-normalise.
 
@@ -112,15 +131,17 @@ class OnnxEmbedder:
         self._input_names = [node.name for node in session.get_inputs()]
 
     @classmethod
-    def load(cls, model_dir: Path, num_threads: int | None = None) -> OnnxEmbedder:
+    def load(cls, model_dir: Path, num_threads: int | None = None, device: str = "cpu") -> OnnxEmbedder:
         """Open an embedder folder (``model.onnx``, ``tokenizer.json``, ``gloss_embedder.json``).
 
         Args:
             model_dir: Folder written by ``gloss-export embedder``.
             num_threads: ONNX Runtime intra-op threads; None lets it choose.
+            device: ``cpu``; ``auto`` runs on ONNX Runtime's CUDA provider when it is installed and sees a GPU
+                (onnxruntime-gpu), else on the CPU; ``cuda`` requires it.
 
         Raises:
-            InputError: If the folder, a file or the config is missing or unreadable.
+            InputError: If the folder, a file or the config is missing or unreadable, or ``cuda`` is not available.
         """
         model_dir = Path(model_dir)
         _check_folder(model_dir)
@@ -143,16 +164,21 @@ class OnnxEmbedder:
                 raise InputError(f"num_threads must be >= 1, got {num_threads}")
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        providers = _providers(ort, device)
         try:
-            session = ort.InferenceSession(
-                str(model_dir / MODEL_NAME), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = ort.InferenceSession(str(model_dir / MODEL_NAME), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise InputError(f"{model_dir / MODEL_NAME}: cannot load the ONNX model ({exc})") from exc
         embedder = cls(session, tokenizer, config, model_dir)
         embedder._check_session()
-        logger.debug("loaded embedder %s (dim %d, int8=%s)", model_dir, config.dim, config.int8)
+        logger.debug("loaded embedder %s (dim %d, int8=%s) on %s", model_dir, config.dim, config.int8,
+                     session.get_providers()[0])
         return embedder
+
+    @property
+    def provider(self) -> str:
+        """The ONNX Runtime execution provider that runs the model (``CPUExecutionProvider``, ``CUDA...``)."""
+        return str(self._session.get_providers()[0])
 
     def _check_session(self) -> None:
         names = [node.name for node in self._session.get_outputs()]
@@ -178,9 +204,9 @@ class OnnxEmbedder:
         return self.config.dim
 
     def embed(
-        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
+        self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool | None = None
     ) -> np.ndarray:
-        """Embed texts.
+        """Embed texts (all tokenised at once: for a whole catalogue use :meth:`embed_stream`).
 
         Texts are sorted by token length so that each batch pads little; rows come back in input order.
 
@@ -213,6 +239,39 @@ class OnnxEmbedder:
             rows = order[start : start + batch_size]
             out[rows] = self._embed_batch([encodings[i] for i in rows])
         return out
+
+    def embed_stream(
+        self, texts: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = CHUNK_TEXTS,
+        show_progress: bool | None = None, total: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Embed texts a chunk at a time: at most ``chunk_size`` texts are tokenised and held at once.
+
+        Each chunk is one :meth:`embed` call (sorted by length within the chunk), so up to ``chunk_size`` texts
+        give exactly the vectors of one :meth:`embed` of them all.
+
+        Args:
+            texts: Strings to embed (any iterable; read lazily).
+            batch_size: Texts per ONNX run.
+            chunk_size: Texts per chunk.
+            show_progress: Progress bar (texts, rate and ETA); None means on when logging is at INFO.
+            total: Number of texts, for the bar's ETA.
+
+        Yields:
+            float32 arrays (chunk rows, dim), in input order.
+
+        Raises:
+            InputError: As :meth:`embed`, or if ``chunk_size < 1``.
+        """
+        if isinstance(texts, str):
+            raise InputError("embed_stream() takes an iterable of strings, got a single string")
+        if chunk_size < 1:
+            raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+        disable = not progress_enabled(show_progress, logger)
+        iterator = iter(texts)
+        with tqdm(total=total, desc="embed", unit="title", disable=disable, smoothing=0.05) as bar:
+            while chunk := list(itertools.islice(iterator, chunk_size)):
+                yield self.embed(chunk, batch_size=batch_size, show_progress=False)
+                bar.update(len(chunk))
 
     def _embed_batch(self, encodings: Sequence[Any]) -> np.ndarray:
         width = max(len(enc.ids) for enc in encodings)

@@ -1,48 +1,59 @@
-"""Nearest-neighbour search over catalogue embeddings (usearch file format, exact search by default).
+"""Nearest-neighbour search over catalogue embeddings: exact over memory-mapped vectors, HNSW above a size.
 
-The file stores the vectors as float32, float16 or int8 (usearch ``dtype``); search always runs in
-float32 over the stored (possibly rounded) vectors, so a compact file changes similarities by the
-rounding only (see ``benchmarks/footprint.py`` for the effect on Recall@5).
+An index is a :class:`~gloss.edge.vectors.VectorStore` (the vectors once, in their stored dtype, memory-mapped)
+and, for catalogues of :data:`HNSW_MIN_ITEMS` items or more, an HNSW graph (:mod:`gloss.edge.hnsw`) that finds
+candidates which are then scored on the stored vectors. Below that size every search is exact, as it always was;
+``exact=True`` (``--exact``) forces exact search at any size. The kind is chosen at build time and recorded in
+the bundle manifest (``index.kind``); ``benchmarks/ann_recall.py`` measures the threshold, the settings and the
+recall.
+
+Small catalogues (whose float32 matrix fits :data:`EXACT_CACHE_BYTES`) keep that matrix in memory after the first
+search, exactly as before; larger ones are scanned a block at a time and never converted whole.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from gloss.edge.errors import InputError, require
+from gloss.edge.errors import InputError
 from gloss.edge.files import atomic_path
-from gloss.edge.logs import progress_enabled
+from gloss.edge.hnsw import (
+    HnswConfig,
+    add_rows,
+    build_graph,
+    graph_candidates,
+    open_graph,
+    save_graph,
+    usearch_index_class,
+)
+from gloss.edge.index_layout import (  # noqa: F401  (re-exported: the index's public surface)
+    INDEX_DTYPES,
+    KINDS,
+    LEGACY_SUFFIX,
+    index_facts,
+    index_files,
+    read_index_header,
+    read_removed,
+    save_removed,
+)
+from gloss.edge.vectors import VectorStore, open_vectors, quantize, rank_candidates, top_k_blocked, write_store
 
 logger = logging.getLogger(__name__)
 
 METRIC = "ip"  # inner product on L2-normalised vectors == cosine similarity
-# Random-vector benchmarks (MODELS.md): usearch's default expansion_search (64) gives poor recall;
-# 512 reaches recall@10 >= 0.99 on 64-d random data; real title embeddings are easier than random ones.
-DEFAULT_EXPANSION_SEARCH = 512
-DEFAULT_EXPANSION_ADD = 256
-DEFAULT_CONNECTIVITY = 32
-ADD_CHUNK = 2048
-EXACT_BLOCK_FLOATS = 1 << 24  # bound on the (queries x items) similarity block held at once
-INDEX_DTYPES = ("f32", "f16", "i8")  # usearch scalar kinds for the stored vectors
 # f16: 12 instead of 21 MiB for Beauty, same Recall@5 and NDCG@5 within noise on validation users
 # (benchmarks/footprint.py); i8 (8 MiB) also stayed within noise but changes more users' hits.
 DEFAULT_INDEX_DTYPE = "f16"
-
-
-def _usearch_index() -> Any:
-    # Workaround: importing onnxruntime (1.32) after usearch's (2.26) extension segfaults in
-    # onnxruntime's pybind init (`python -c "import usearch.index; import onnxruntime"` exits 139 here);
-    # the other order is fine, and every bundle user needs both.
-    with contextlib.suppress(ImportError):
-        importlib.import_module("onnxruntime")
-    return require("usearch.index", "edge").Index
+# Exact search below this many items, HNSW + exact re-ranking from it (benchmarks/results/ann_recall.md).
+HNSW_MIN_ITEMS = 100_000
+EXACT_CACHE_BYTES = 160 << 20  # a float32 matrix up to this size is kept in memory (100k x 384 = 147 MiB)
+EXACT_BLOCK_FLOATS = 1 << 24  # bound on the (queries x items) similarity block of the in-memory path
+VECTORS_FILE = "vectors.npy"
+GRAPH_FILE = "graph.usearch"
 
 
 def check_vectors(vectors: Any, name: str, dim: int | None = None) -> np.ndarray:
@@ -75,80 +86,61 @@ def check_vectors(vectors: Any, name: str, dim: int | None = None) -> np.ndarray
     return array
 
 
-def read_index_header(path: Path) -> dict[str, int]:
-    """Read an index file's header (cheap: no vectors are loaded).
-
-    Returns:
-        ``{"dim": ..., "num_items": ..., "dtype": ...}`` (dtype: one of :data:`INDEX_DTYPES`).
-
-    Raises:
-        InputError: If the file is missing or is not a usearch index of inner-product vectors of a
-            supported dtype.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such index file; build one with gloss-export bundle")
-    try:
-        meta = _usearch_index().metadata(path)
-    except (ValueError, RuntimeError) as exc:
-        raise InputError(f"{path}: not a usearch index ({exc}); rebuild it with gloss-export bundle") from exc
-    if not meta:
-        raise InputError(f"{path}: not a usearch index; rebuild it with gloss-export bundle")
-    metric = getattr(meta["kind_metric"], "name", str(meta["kind_metric"])).lower()
-    if metric != METRIC:
-        raise InputError(f"{path}: index metric is {metric!r}, expected {METRIC!r}; rebuild the index")
-    dtype = getattr(meta["kind_scalar"], "name", str(meta["kind_scalar"])).lower()
-    if dtype not in INDEX_DTYPES:
-        raise InputError(f"{path}: index stores {dtype!r} vectors, expected one of {INDEX_DTYPES}; rebuild the index")
-    return {"dim": int(meta["dimensions"]), "num_items": int(meta["count_present"]), "dtype": dtype}
+def choose_kind(num_items: int) -> str:
+    """``exact`` below :data:`HNSW_MIN_ITEMS` items, else ``hnsw``."""
+    return "hnsw" if num_items >= HNSW_MIN_ITEMS else "exact"
 
 
 class ItemIndex:
     """Catalogue vectors keyed by catalogue position, searchable by inner product.
 
-    The usearch file holds the vectors and an HNSW graph. ``search(exact=True)`` (the default) scans all
-    vectors with a matrix product; ``exact=False`` walks the HNSW graph.
+    Use :meth:`build` (vectors in memory), :meth:`create` (a store, e.g. a file just written) or :meth:`open`
+    (a saved index described by its manifest section).
 
-    A loaded index lets go of the usearch file once :meth:`vectors` has read the float32 matrix (exact search
-    and fusion need only that), which keeps the mapped file out of the process's RSS; ``exact=False`` and
-    :meth:`save` reopen it.
-
-    Use :meth:`build` or :meth:`load`; the constructor wraps an existing ``usearch.index.Index``.
+    Args:
+        store: The vectors.
+        kind: ``exact`` or ``hnsw`` (what ``search`` does by default).
+        hnsw: Graph settings (for ``hnsw``, or for ``exact=False`` on an exact index).
+        graph: An open usearch graph over the first ``graph_rows`` physical rows, or None (built on first use).
+        graph_rows: Physical rows the graph covers; later rows (added by updates) are searched exactly.
+        exact: Override ``kind``: True searches exactly by default (``--exact``).
     """
 
-    def __init__(self, index: Any, expansion_search: int = DEFAULT_EXPANSION_SEARCH) -> None:
-        self._index: Any = index
-        self._index.expansion_search = expansion_search
-        self._expansion_search = expansion_search
-        self._dim, self._len = int(index.ndim), len(index)
-        self._dtype = str(getattr(index.dtype, "name", index.dtype)).lower()
-        self._source: tuple[Path, bool] | None = None  # (path, view) to reopen a released file
-        self._matrix: np.ndarray | None = None
+    def __init__(self, store: VectorStore, kind: str = "exact", hnsw: HnswConfig | None = None,
+                 graph: Any = None, graph_rows: int = 0, exact: bool | None = None) -> None:
+        if kind not in KINDS:
+            raise InputError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.store, self.kind, self.hnsw = store, kind, hnsw or HnswConfig()
+        self._graph, self.graph_rows = graph, int(graph_rows)
+        self.exact_default = (kind == "exact") if exact is None else bool(exact)
+        self._graph_path: Path | None = None
+        self._view = True
+        self._cache: np.ndarray | None = None
+        self.files: dict[str, Any] = {}  # relative paths of the saved files: segments, removed, graph
 
     @classmethod
-    def build(
-        cls,
-        vectors: np.ndarray,
-        show_progress: bool | None = None,
-        connectivity: int = DEFAULT_CONNECTIVITY,
-        expansion_add: int = DEFAULT_EXPANSION_ADD,
-        expansion_search: int = DEFAULT_EXPANSION_SEARCH,
-        dtype: str = DEFAULT_INDEX_DTYPE,
-    ) -> ItemIndex:
-        """Index ``vectors``; row ``i`` gets key ``i`` (its catalogue position).
+    def create(cls, store: VectorStore, kind: str | None = None, hnsw: HnswConfig | None = None, threads: int = 0,
+               show_progress: bool | None = None) -> ItemIndex:
+        """An index over ``store``; the kind follows the size unless given, and an ``hnsw`` graph is built now."""
+        kind = kind or choose_kind(len(store))
+        index = cls(store, kind, hnsw)
+        if kind == "hnsw":
+            index._build_graph(threads, show_progress)
+        return index
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, show_progress: bool | None = None, dtype: str = DEFAULT_INDEX_DTYPE,
+              kind: str | None = None, hnsw: HnswConfig | None = None, threads: int = 0) -> ItemIndex:
+        """Index ``vectors`` held in memory; row ``i`` gets position ``i``.
 
         Args:
             vectors: (num_items, dim) L2-normalised embeddings.
-            show_progress: Progress bar; None means on when logging is at INFO.
-            connectivity: HNSW graph degree.
-            expansion_add: HNSW candidate list size while adding.
-            expansion_search: HNSW candidate list size while searching (``exact=False``).
-            dtype: How the file stores the vectors: ``f32``, ``f16`` (half the vector bytes) or ``i8`` (a
-                quarter; usearch truncates components toward zero to multiples of 1/127, so unit vectors
-                shrink by a few percent). Search uses the stored vectors.
-
-        Returns:
-            The index.
+            show_progress: Progress bar of the graph build; None means on when logging is at INFO.
+            dtype: How the vectors are stored: ``f32``, ``f16`` (half the bytes) or ``i8`` (a quarter; components
+                rounded to multiples of 1/127). Search uses the stored vectors.
+            kind: ``exact``, ``hnsw`` or None (by size).
+            hnsw: Graph settings.
+            threads: Graph build threads (0: all cores).
 
         Raises:
             InputError: If ``vectors`` is not a finite non-empty 2-D float matrix or ``dtype`` is unknown.
@@ -156,103 +148,174 @@ class ItemIndex:
         if dtype not in INDEX_DTYPES:
             raise InputError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {dtype!r}")
         matrix = check_vectors(vectors, "catalogue vectors")
-        num_items, dim = matrix.shape
-        index = _usearch_index()(
-            ndim=dim, metric=METRIC, dtype=dtype, connectivity=connectivity, expansion_add=expansion_add
-        )
-        disable = not progress_enabled(show_progress, logger)
-        with tqdm(total=num_items, desc="index", unit="item", disable=disable) as bar:
-            for start in range(0, num_items, ADD_CHUNK):
-                chunk = matrix[start : start + ADD_CHUNK]
-                index.add(np.arange(start, start + len(chunk), dtype=np.uint64), chunk)
-                bar.update(len(chunk))
-        logger.info("indexed %d vectors of dim %d as %s", num_items, dim, dtype)
-        built = cls(index, expansion_search=expansion_search)
-        if dtype == "f32":
-            built._matrix = matrix  # else vectors() reads the rounded ones back, as a loaded index does
-        return built
+        return cls.create(VectorStore([quantize(matrix, dtype)]), kind, hnsw, threads, show_progress)
 
-    @classmethod
-    def load(
-        cls, path: Path, view: bool = True, expansion_search: int = DEFAULT_EXPANSION_SEARCH
-    ) -> ItemIndex:
-        """Open an index file written by :meth:`save`.
+    def _build_graph(self, threads: int = 0, show_progress: bool | None = None) -> Any:
+        self._graph, self.hnsw = build_graph(self.store, self.hnsw, threads, show_progress)
+        self.graph_rows = self.store.num_physical
+        return self._graph
+
+    # --- saving and opening ---
+
+    def save(self, root: Path, folder: str = "index", entries: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the live vectors as one segment (and the graph of an ``hnsw`` index) under ``root / folder``.
 
         Args:
-            path: The ``.usearch`` file.
-            view: Memory-map the file instead of reading it into RAM.
-            expansion_search: HNSW candidate list size for ``exact=False``.
+            root: The bundle (or any) folder; the section's paths are relative to it.
+            folder: Subfolder for the files.
+            entries: If given, receives ``{relative path: {"size", "sha256"}}`` of the vectors file (hashed while
+                written, not read back).
+
+        Returns:
+            The manifest's ``index`` section of the saved index.
+        """
+        root = Path(root)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        rel = f"{folder}/{VECTORS_FILE}"
+        entry = write_store(root / rel, self.store)
+        if entries is not None:
+            entries[rel] = entry
+        saved = ItemIndex(VectorStore([open_vectors(root / rel)]), self.kind, self.hnsw)
+        saved.files = {"segments": [rel]}
+        if saved.kind == "hnsw":
+            if self._graph is not None and self.graph_rows == self.store.num_physical and not len(self.store.removed):
+                saved._graph, saved.graph_rows = self._graph, self.graph_rows  # same rows, same keys
+            saved.write_graph(root, f"{folder}/{GRAPH_FILE}")
+        return saved.section()
+
+    def write_graph(self, root: Path, rel: str) -> None:
+        """Save the graph (built now if there is none) as ``root / rel``."""
+        graph = self._graph_or_build()
+        with atomic_path(Path(root) / rel) as tmp:
+            save_graph(graph, tmp)
+        self.files["graph"] = rel
+
+    def section(self) -> dict[str, Any]:
+        """The manifest's ``index`` section of this index as saved (:attr:`files` names its files)."""
+        segments = self.files["segments"]
+        out: dict[str, Any] = {
+            "file": segments[0], "kind": self.kind, "dim": self.dim, "metric": METRIC, "dtype": self.dtype,
+            "num_items": len(self),
+            "segments": [{"file": f, "rows": len(s)} for f, s in zip(segments, self.store.segments, strict=True)],
+        }  # fmt: skip
+        if self.files.get("removed"):
+            out["removed"] = {"file": self.files["removed"], "rows": len(self.store.removed)}
+        if self.files.get("graph"):
+            out["graph"] = {"file": self.files["graph"], "rows": self.graph_rows, **self.hnsw.to_dict()}
+        return out
+
+    @classmethod
+    def open(cls, root: Path, section: dict[str, Any], view: bool = True, exact: bool | None = None) -> ItemIndex:
+        """Open a saved index from its manifest section (vectors memory-mapped; the graph mapped on first use).
+
+        Args:
+            root: Folder the section's paths are relative to (the bundle).
+            section: The manifest's ``index`` section.
+            view: Memory-map the graph (False reads it into memory).
+            exact: Search exactly by default whatever the kind (``--exact``).
 
         Raises:
-            InputError: If the file is missing or is not a usearch index of inner-product vectors.
+            InputError: If a file is missing or its header disagrees with the section.
         """
-        path = Path(path)
-        read_index_header(path)
-        index_cls = _usearch_index()
-        try:
-            index = index_cls.restore(path, view=view)
-        except (ValueError, RuntimeError) as exc:
-            raise InputError(
-                f"{path}: cannot open the index ({exc}); rebuild it with gloss-export bundle"
-            ) from exc
-        if index is None:
-            raise InputError(f"{path}: cannot open the index; rebuild it with gloss-export bundle")
-        logger.debug("opened index %s: %d items, dim %d, view=%s", path, len(index), index.ndim, view)
-        loaded = cls(index, expansion_search=expansion_search)
-        loaded._source = (path, view)
-        return loaded
+        root = Path(root)
+        if "segments" not in section:  # a bundle of gloss <= issue 15
+            return cls.open_legacy(root / section["file"], exact=exact)
+        facts = index_facts(root, section)
+        store = VectorStore([open_vectors(root / seg["file"]) for seg in section["segments"]],
+                            read_removed(root, section))
+        index = cls(store, facts["kind"], facts["hnsw"], exact=exact)
+        index.files = {"segments": [seg["file"] for seg in section["segments"]],
+                       "removed": (section.get("removed") or {}).get("file"), "graph": facts["graph_file"]}
+        if facts["graph_file"] is not None:
+            index._graph_path, index.graph_rows, index._view = root / facts["graph_file"], facts["graph_rows"], view
+        return index
 
-    def _raw(self) -> Any:
-        """The usearch index, reopened from its file if :meth:`vectors` released it."""
-        if self._index is None:
-            if self._source is None:
-                raise RuntimeError("released index without a source file")  # unreachable: only loaded ones release
-            path, view = self._source
-            self._index = _usearch_index().restore(path, view=view)
-            self._index.expansion_search = self._expansion_search
-        return self._index
+    @classmethod
+    def open_legacy(cls, path: Path, exact: bool | None = None) -> ItemIndex:
+        """Read an ``index.usearch`` of gloss <= issue 15 (vectors copied into memory as float32, exact search)."""
+        header = read_index_header(path)
+        raw = usearch_index_class().restore(str(path), view=True)
+        if raw is None:
+            raise InputError(f"{path}: cannot open the index; rebuild it with gloss-export bundle")
+        matrix = np.empty((header["num_items"], header["dim"]), dtype=np.float32)
+        for start in range(0, len(matrix), 1 << 14):
+            keys = np.arange(start, min(start + (1 << 14), len(matrix)), dtype=np.uint64)
+            matrix[start : start + len(keys)] = np.vstack(raw.get(keys, dtype=np.float32))
+        return cls(VectorStore([matrix]), "exact", exact=exact)
+
+    def _graph_or_build(self) -> Any:
+        if self._graph is None and self._graph_path is not None:
+            self._graph = open_graph(self._graph_path, self.hnsw, view=self._view)
+        if self._graph is None:
+            logger.info("building an HNSW graph over %d vectors for approximate search", self.store.num_physical)
+            self._build_graph(show_progress=False)
+        return self._graph
+
+    def extend_graph(self, threads: int = 0, show_progress: bool | None = None) -> None:
+        """Add the rows the graph does not cover yet (e.g. appended by an update) to it, in memory; builds the
+        graph when there is none."""
+        if self._graph is None and self._graph_path is None:
+            self._build_graph(threads, show_progress)
+            return
+        if self._graph_path is not None and (self._graph is None or self._view):  # a mapped graph is read-only
+            self._graph = open_graph(self._graph_path, self.hnsw, view=False)
+            self._view = False
+        add_rows(self._graph, self.store, self.graph_rows, self.store.num_physical, self.hnsw, threads,
+                 show_progress)
+        logger.info("hnsw graph: %d rows added (%d in all)", self.store.num_physical - self.graph_rows,
+                    self.store.num_physical)
+        self.graph_rows = self.store.num_physical
+
+    def with_store(self, store: VectorStore, kind: str | None = None) -> ItemIndex:
+        """This index's settings and graph (file) over another store that extends this one's physical rows."""
+        other = ItemIndex(store, kind or self.kind, self.hnsw, graph=self._graph, graph_rows=self.graph_rows)
+        other._graph_path, other._view = self._graph_path, self._view
+        other.files = {key: (list(value) if isinstance(value, list) else value) for key, value in self.files.items()}
+        return other
+
+    # --- facts ---
 
     @property
     def dim(self) -> int:
         """Vector width."""
-        return self._dim
+        return self.store.dim
 
     def __len__(self) -> int:
-        return self._len
+        return len(self.store)
 
     @property
     def dtype(self) -> str:
         """How the stored vectors are typed: one of :data:`INDEX_DTYPES`."""
-        return self._dtype
+        return self.store.stored_dtype
 
     @property
     def expansion_search(self) -> int:
-        """HNSW candidate list size used by ``search(exact=False)``."""
-        return self._expansion_search
+        """HNSW candidate list size used by approximate search."""
+        return self.hnsw.expansion_search
 
-    def vectors(self) -> np.ndarray:
-        """All item vectors as float32, row ``i`` = catalogue position ``i`` (read once, then cached).
+    def vectors(self) -> Any:
+        """Item vectors by catalogue position: the in-memory float32 matrix of a small catalogue, else the
+        memory-mapped :class:`~gloss.edge.vectors.VectorStore` (``v[positions]`` gives float32 rows)."""
+        return self._cached() if self._cache_fits() else self.store
 
-        An f16 or i8 index gives its stored (rounded) vectors converted to float32 (i8 as value / 127).
-        """
-        if self._matrix is None:
-            raw = self._raw()
-            matrix = np.empty((len(self), self.dim), dtype=np.float32)
-            for start in range(0, len(self), ADD_CHUNK):  # in chunks: no second full copy at any time
-                keys = np.arange(start, min(start + ADD_CHUNK, len(self)), dtype=np.uint64)
-                matrix[start : start + len(keys)] = np.vstack(raw.get(keys, dtype=np.float32))
-            self._matrix = matrix
-            if self._source is not None:
-                self._index = None  # drop the mapped file; _raw() reopens it for HNSW search or save
-        return self._matrix
+    def _cache_fits(self) -> bool:
+        return len(self) * self.dim * 4 <= EXACT_CACHE_BYTES
 
-    def search(self, queries: np.ndarray, k: int, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _cached(self) -> np.ndarray:
+        if self._cache is None:
+            self._cache = np.asarray(self.store)
+        return self._cache
+
+    # --- search ---
+
+    def search(self, queries: np.ndarray, k: int, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Find the ``k`` items with the highest inner product for each query.
 
         Args:
             queries: (num_queries, dim) or (dim,) L2-normalised query vectors.
             k: Neighbours per query; if larger than the index, rows are padded.
-            exact: Scan every item (exact top-k). False walks the HNSW graph (approximate).
+            exact: True scans every item; False uses the HNSW graph (built in memory on first use for an exact
+                index); None follows the index (its kind, or ``exact`` given at open).
 
         Returns:
             ``(positions, similarities)``: int64 and float32 arrays of shape (num_queries, k), best first;
@@ -268,19 +331,22 @@ class ItemIndex:
             matrix = matrix[None, :]
         matrix = check_vectors(matrix, "queries", dim=self.dim)
         found = min(int(k), len(self))
-        if exact:
-            top_pos, top_sim = self._search_exact(matrix, found)
-        else:
+        exact = self.exact_default if exact is None else exact
+        if not exact:
             top_pos, top_sim = self._search_hnsw(matrix, found)
+        elif self._cache_fits():
+            top_pos, top_sim = self._search_cached(matrix, found)
+        else:
+            top_pos, top_sim = top_k_blocked(self.store, matrix, found)
         positions = np.full((len(matrix), int(k)), -1, dtype=np.int64)
         similarities = np.full((len(matrix), int(k)), -np.inf, dtype=np.float32)
         positions[:, :found] = top_pos
         similarities[:, :found] = top_sim
         return positions, similarities
 
-    def _search_exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        # A BLAS matrix product over the stored vectors is ~20x faster here than usearch's exact scan.
-        items = self.vectors()
+    def _search_cached(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # The path of every bundle before issue 16, kept as it was so small catalogues rank exactly as before.
+        items = self._cached()
         rows = max(1, EXACT_BLOCK_FLOATS // max(1, len(items)))
         out_pos, out_sim = [], []
         for start in range(0, len(queries), rows):
@@ -298,23 +364,13 @@ class ItemIndex:
         return np.vstack(out_pos).astype(np.int64), np.vstack(out_sim).astype(np.float32)
 
     def _search_hnsw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        positions = np.full((len(queries), k), -1, dtype=np.int64)
-        similarities = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        for start in range(0, len(queries), 1024):
-            batch = queries[start : start + 1024]
-            matches = self._raw().search(batch, k)
-            # One query gives a Matches (1-D, valid rows only); several give padded BatchMatches.
-            keys = np.atleast_2d(matches.keys)
-            dists = np.atleast_2d(matches.distances)
-            counts = np.atleast_1d(getattr(matches, "counts", [keys.shape[1]]))
-            for row, count in enumerate(counts.tolist()):
-                positions[start + row, :count] = keys[row, :count].astype(np.int64)
-                similarities[start + row, :count] = 1.0 - dists[row, :count]  # usearch ip distance = 1 - dot
-        return positions, similarities
-
-    def save(self, path: Path) -> None:
-        """Write the index file atomically (temp file beside ``path``, then rename)."""
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            self._raw().save(str(tmp))
-        logger.info("saved index %s (%d items)", path, len(self))
+        graph = self._graph_or_build()
+        store = self.store
+        removed_in_graph = int(np.searchsorted(store.removed, self.graph_rows))
+        count = max(self.hnsw.candidates, k) + min(removed_in_graph, max(self.hnsw.candidates, k))
+        candidates = graph_candidates(graph, queries, count, self.hnsw, store.positions_of)
+        tail_start = self.graph_rows - removed_in_graph  # first position the graph does not cover
+        if tail_start < len(store):
+            tail, _ = top_k_blocked(store, queries, min(k, len(store) - tail_start), start=tail_start)
+            candidates = np.hstack([candidates, tail])
+        return rank_candidates(store, queries, candidates, k)

@@ -11,7 +11,7 @@ from typing import Any
 
 from gloss.edge.bundle import load_bundle
 from gloss.edge.errors import GlossError, InputError
-from gloss.edge.manifest import MANIFEST_NAME, package_versions, read_manifest
+from gloss.edge.manifest import MANIFEST_NAME, VERIFIED_NAME, package_versions, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def inspect_bundle(bundle_dir: Path, verify: bool = True) -> BundleReport:
 
     Args:
         bundle_dir: A bundle folder.
-        verify: Hash every file (sizes are always checked).
+        verify: Hash every file, even if unchanged since the last check (sizes and headers are always checked).
 
     Returns:
         The report; a broken part is listed under ``problems`` rather than raised.
@@ -78,7 +78,7 @@ def inspect_bundle(bundle_dir: Path, verify: bool = True) -> BundleReport:
     notes: list[str] = []
     bundle = None
     try:
-        bundle = load_bundle(bundle_dir, verify=verify)
+        bundle = load_bundle(bundle_dir, verify=verify, rehash=verify)  # inspect always hashes every file
     except GlossError as exc:
         problems.append(str(exc))
     files = manifest.get("files", {})
@@ -122,17 +122,26 @@ def _bundle_section(bundle_dir: Path, manifest: dict[str, Any], files: dict[str,
 def _index_section(
     bundle_dir: Path, manifest: dict[str, Any], files: dict[str, Any], problems: list[str]
 ) -> dict[str, Any]:
-    from gloss.edge.index import read_index_header
+    """Kind (exact / hnsw), dtype, segments, removed rows and graph settings, from the files' headers."""
+    from gloss.edge.index import index_facts, index_files
 
     meta = manifest["index"]
-    out = {**_plain(meta), "bytes": _files_of(files, meta["file"]).get(meta["file"])}
+    names = index_files(meta) if isinstance(meta, dict) else []
+    out = {**_plain(meta, drop=("build",)), "kind": meta.get("kind", "exact"),
+           "bytes": sum(files[rel].get("size", 0) for rel in names if isinstance(files.get(rel), dict))}
+    out["segments"] = len(meta.get("segments") or [meta["file"]])
+    out["removed_rows"] = int((meta.get("removed") or {}).get("rows", 0))
+    if isinstance(meta.get("graph"), dict):
+        out["graph"] = {k: v for k, v in meta["graph"].items() if k != "file"}
+    if isinstance(meta.get("build"), dict):
+        out["build"] = meta["build"]
     try:
-        header = read_index_header(bundle_dir / meta["file"])
+        facts = index_facts(bundle_dir, meta)
     except GlossError as exc:
         problems.append(str(exc))
         return out
-    out["stored_items"] = header["num_items"]
-    out["scalar"] = header.get("dtype", "f32")
+    out["stored_items"] = facts["num_items"]
+    out["scalar"] = facts["dtype"]
     return out
 
 
@@ -194,7 +203,7 @@ def _unlisted_files(bundle_dir: Path, files: dict[str, Any]) -> Iterator[str]:
     """Files in the folder that the manifest does not list (not checked, not loaded)."""
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle_dir).as_posix()
-        if rel != MANIFEST_NAME and rel not in files:
+        if rel not in (MANIFEST_NAME, VERIFIED_NAME) and rel not in files:
             yield f"{rel}: not listed in the manifest (ignored)"
 
 

@@ -23,6 +23,7 @@ from gloss.edge.prompt import PROMPT_TEMPLATE
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "gloss_bundle.json"
+VERIFIED_NAME = ".gloss_verified.json"  # gloss.edge.verified: the last full hash; never listed in the manifest
 FORMAT_VERSION = 1
 OPTIONAL_SECTIONS = ("generator", "fusion")
 SECTIONS = ("catalog", "embedder", "index")
@@ -102,22 +103,35 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def file_entries(bundle_dir: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file under ``bundle_dir`` except the manifest, by POSIX relative path."""
+def file_entries(bundle_dir: Path, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``bundle_dir`` except the manifest, by POSIX relative path.
+
+    Args:
+        bundle_dir: The folder.
+        known: Entries of files whose hash the writer already has (hashed while written, or hard links of files
+            of a checked bundle); used when the size still matches, so those files are not read again.
+    """
+    known = known or {}
     entries = {}
     for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
         rel = path.relative_to(bundle_dir).as_posix()
-        if rel != MANIFEST_NAME:
-            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        if rel in (MANIFEST_NAME, VERIFIED_NAME):
+            continue
+        size = path.stat().st_size
+        given = known.get(rel)
+        sha = given["sha256"] if given and given.get("size") == size else sha256_file(path)
+        entries[rel] = {"sha256": sha, "size": size}
     return entries
 
 
-def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(bundle_dir: Path, sections: dict[str, Any],
+                   known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write ``gloss_bundle.json`` for the files now in ``bundle_dir``; call it after every other file.
 
     Args:
         bundle_dir: The (temporary) bundle folder.
         sections: ``catalog``, ``embedder``, ``index`` and optionally ``generator`` / ``fusion`` dicts.
+        known: Hashes the writer already has (:func:`file_entries`).
 
     Returns:
         The manifest written.
@@ -139,7 +153,7 @@ def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]
     for name in OPTIONAL_SECTIONS:
         if sections.get(name) is not None:
             manifest[name] = sections[name]
-    manifest["files"] = file_entries(bundle_dir)
+    manifest["files"] = file_entries(bundle_dir, known)
     try:
         json.dumps(manifest)
     except (TypeError, ValueError) as exc:

@@ -29,13 +29,14 @@ from gloss.edge.files import check_input_file, read_jsonl_lines, sha256_file
 from gloss.edge.fusion import FusionConfig
 from gloss.edge.generation.gguf_header import check_gguf
 from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, KINDS
-from gloss.edge.manifest import MANIFEST_NAME, OPTIONAL_SECTIONS, SECTIONS, write_manifest
+from gloss.edge.manifest import MANIFEST_NAME, write_manifest
 from gloss.edge.outdir import atomic_dir
 from gloss.edge.trie import check_titles
 from gloss.edge.verified import record_verified
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
 from gloss.export.embedder import EmbedRun, open_run_embedder
 from gloss.export.index import write_index
+from gloss.export.rewrite import rewrite_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -318,34 +319,4 @@ def _rewrite_bundle(
     bundle = load_bundle(bundle_dir, verify=True)
     rewrite_bundle(bundle, lambda tmp, b: {section: write(tmp, b)}, skip=(Path(part_file).parts[0],))
     logger.info("bundle %s: %s added", bundle_dir, section)
-    return bundle_dir
-
-
-def rewrite_bundle(
-    bundle: Bundle, write: Callable[[Path, Bundle], dict[str, Any]], skip: tuple[str, ...] = ()
-) -> Path:
-    """Rewrite a loaded bundle atomically: copy it into a temp folder beside it, let ``write`` change files
-    there and return the manifest sections it replaces, rewrite the manifest (sizes, checksums) and swap
-    the folders, so a reader sees the old bundle or the new one, never a mix.
-
-    Args:
-        bundle: The bundle as loaded (and checked) by :func:`gloss.edge.bundle.load_bundle`.
-        write: Called with the temp folder and ``bundle``; returns ``{section name: section}``.
-        skip: Top-level entries of the bundle not copied (parts that ``write`` replaces).
-
-    Returns:
-        The bundle folder.
-    """
-    bundle_dir = bundle.dir
-    with atomic_dir(bundle_dir, marker=MANIFEST_NAME) as tmp:
-        for entry in bundle_dir.iterdir():
-            if entry.name == MANIFEST_NAME or entry.name in skip:
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
-        sections = {key: bundle.manifest[key] for key in (*SECTIONS, *OPTIONAL_SECTIONS) if key in bundle.manifest}
-        sections.update(write(tmp, bundle))
-        write_manifest(tmp, sections)
     return bundle_dir

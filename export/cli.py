@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gloss.edge.cli_errors import OneLineErrors
+from gloss.edge.embed import DEFAULT_BATCH_SIZE
 from gloss.edge.errors import InputError, user_errors
 from gloss.edge.index import DEFAULT_INDEX_DTYPE
 from gloss.edge.logs import setup_logging
@@ -43,6 +44,30 @@ class IndexDtype(str, enum.Enum):
     f32 = "f32"
     f16 = "f16"
     i8 = "i8"
+
+
+class IndexKind(str, enum.Enum):
+    """How the bundle's index searches: exact everywhere, or an HNSW graph (approximate, re-ranked exactly)."""
+
+    auto = "auto"
+    exact = "exact"
+    hnsw = "hnsw"
+
+
+class Device(str, enum.Enum):
+    """Where the embedding run goes: CUDA when onnxruntime-gpu sees a GPU (auto), the CPU, or CUDA required."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# Options of the embedding run, shared by `bundle` and `update`.
+ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="Embedding threads; default: every CPU "
+                                                   "core.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Titles per embedding batch.")]
+DeviceOption = Annotated[Device, typer.Option(help="Embedding device: auto = ONNX Runtime's CUDA provider when "
+                                              "onnxruntime-gpu sees a GPU, else the CPU.")]
 
 
 class QuantMethod(str, enum.Enum):
@@ -156,8 +181,8 @@ def bundle(
     method: Annotated[QuantMethod, typer.Option(help="Quantization of the --adapter generator.")] = BUNDLE_METHOD,
     int8_embedder: Annotated[bool, typer.Option("--int8-embedder/--fp32-embedder", help="Default embedder with "
                                                 "int8 or fp32 weights (without --embedder-dir).")] = BUNDLE_INT8,
-    index_dtype: Annotated[IndexDtype, typer.Option(help="How the index stores the vectors (search is exact "
-                                                    "either way).")] = BUNDLE_INDEX_DTYPE,
+    index_dtype: Annotated[IndexDtype, typer.Option(help="How the index stores the vectors (searches use the "
+                                                    "stored values).")] = BUNDLE_INDEX_DTYPE,
     name: Annotated[str | None, typer.Option(help="Catalogue name; default: file name.")] = None,
     sequences_path: Annotated[
         Path | None, typer.Option("--sequences", help="User sequences JSONL(.gz) (user, items): add co-purchase "
@@ -165,12 +190,19 @@ def bundle(
     ] = None,
     holdout: Annotated[int, typer.Option(min=0, max=2, help="With --sequences: items left out at the end of each "
                                          "sequence: 0 to serve, 1 to evaluate on test, 2 on validation.")] = 0,
+    index_kind: Annotated[IndexKind, typer.Option(help="auto: exact search below 100k items, an HNSW graph (Recall@10 "
+                                                  ">= 0.99 against exact) from there.")] = IndexKind.auto,
+    threads: ThreadsOption = None,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    device: DeviceOption = Device.auto,
 ) -> None:
     """Build an edge bundle: embed all titles, index them, add the GGUF (and co-purchase statistics), write the
     manifest."""
     from gloss.export.bundle import build_bundle
+    from gloss.export.embedder import EmbedRun
 
     with user_errors():
+        run = EmbedRun(threads=threads, batch_size=batch_size, device=device.value)
         if sum((gguf_path is not None, stock_generator, adapter is not None)) > 1:
             raise InputError("give one of --gguf, --stock-generator and --adapter")
         meta = None
@@ -182,7 +214,8 @@ def bundle(
         out = build_bundle(
             catalog_path, out_dir, embedder_dir=embedder_dir, gguf_path=gguf_path, generator_meta=meta,
             adapter=adapter, method=method.value, name=name, int8_embedder=int8_embedder,
-            index_dtype=index_dtype.value, sequences_path=sequences_path, holdout=holdout,
+            index_dtype=index_dtype.value, sequences_path=sequences_path, holdout=holdout, embed_run=run,
+            index_kind=None if index_kind is IndexKind.auto else index_kind.value,
         )
     typer.echo(str(out))
 
@@ -219,12 +252,17 @@ def update(
                                                   "catalogue format).")] = None,
     remove_path: Annotated[Path | None, typer.Option("--remove", help="Text file of item ids to retire, one per "
                                                      "line.")] = None,
+    threads: ThreadsOption = None,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    device: DeviceOption = Device.auto,
 ) -> None:
     """Add and retire catalogue items: embeds only the new titles, updates index, fusion statistics and trie."""
+    from gloss.export.embedder import EmbedRun
     from gloss.export.update import update_bundle
 
     with user_errors():
-        result = update_bundle(bundle_dir, add_path=add_path, remove_path=remove_path)
+        run = EmbedRun(threads=threads, batch_size=batch_size, device=device.value)
+        result = update_bundle(bundle_dir, add_path=add_path, remove_path=remove_path, embed_run=run)
     typer.echo(f"{result.bundle_dir}: +{result.num_added} -{result.num_removed} items, {result.num_items} in the "
                f"catalogue (version {result.version})", err=True)
     typer.echo(str(result.bundle_dir))

@@ -5,14 +5,29 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gloss.edge.embed import CONFIG_NAME, MODEL_NAME, OUTPUT_NAME, TOKENIZER_NAME, EmbedderConfig
+from gloss.edge.embed import (
+    CHUNK_TEXTS,
+    CONFIG_NAME,
+    DEFAULT_BATCH_SIZE,
+    DEVICES,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    TOKENIZER_NAME,
+    EmbedderConfig,
+    OnnxEmbedder,
+)
 from gloss.edge.errors import GlossError, InputError, require
 from gloss.edge.files import write_json_atomic
 from gloss.edge.outdir import atomic_dir
+from gloss.edge.vectors import VectorFileWriter
 
 logger = logging.getLogger(__name__)
 
@@ -210,3 +225,73 @@ def _onnx_output_dim(model_path: Path) -> int:
         if node.name == OUTPUT_NAME and isinstance(node.shape[-1], int):
             return int(node.shape[-1])
     raise GlossError(f"{model_path}: no {OUTPUT_NAME} output with a fixed width")
+
+
+# --- the embedding run of a build: every title once, streamed to a vectors file ---
+
+
+@dataclass(frozen=True)
+class EmbedRun:
+    """How the export machine embeds a catalogue (``gloss-export bundle --threads/--batch-size/--device``).
+
+    Attributes:
+        threads: ONNX Runtime intra-op threads; None = every CPU core this process may use.
+        batch_size: Titles per ONNX run.
+        device: ``auto`` (CUDA provider when onnxruntime-gpu sees a GPU, else CPU), ``cpu`` or ``cuda``.
+        chunk_size: Titles tokenised and held at once.
+    """
+
+    threads: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "auto"
+    chunk_size: int = CHUNK_TEXTS
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.chunk_size < 1:
+            raise InputError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+    @property
+    def num_threads(self) -> int:
+        """``threads``, or the CPU cores this process may run on."""
+        if self.threads is not None:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def open_run_embedder(embedder_dir: Path, run: EmbedRun) -> OnnxEmbedder:
+    """Load an embedder folder for a build's embedding run (threads and device from ``run``)."""
+    return OnnxEmbedder.load(embedder_dir, num_threads=run.num_threads, device=run.device)
+
+
+def embed_to_file(
+    texts: Iterable[str], num_texts: int, embedder: OnnxEmbedder, out_path: Path, dtype: str,
+    run: EmbedRun | None = None, show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Embed ``num_texts`` texts a chunk at a time into a vectors ``.npy`` (:mod:`gloss.edge.vectors`) of ``dtype``.
+
+    No more than ``run.chunk_size`` texts are tokenised or held as vectors at once; the file is hashed while it is
+    written.
+
+    Returns:
+        ``{"size", "sha256"}`` of the file and ``"stats"``: seconds, titles per second, provider, threads, batch.
+
+    Raises:
+        InputError: If ``texts`` holds another number of texts than ``num_texts``.
+    """
+    run = run or EmbedRun()
+    started = time.perf_counter()
+    with VectorFileWriter(out_path, num_texts, embedder.dim, dtype) as writer:
+        for vectors in embedder.embed_stream(texts, run.batch_size, run.chunk_size, show_progress, total=num_texts):
+            writer.write(vectors)
+    seconds = time.perf_counter() - started
+    stats = {"seconds": round(seconds, 3), "titles_per_s": round(num_texts / max(seconds, 1e-9), 1),
+             "provider": embedder.provider, "threads": run.num_threads, "batch_size": run.batch_size}
+    logger.info("embedded %d titles in %.1f s (%.0f titles/s, %s, %d threads)", num_texts, seconds,
+                stats["titles_per_s"], embedder.provider, run.num_threads)
+    return {**writer.entry, "stats": stats}  # type: ignore[dict-item]

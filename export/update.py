@@ -1,14 +1,16 @@
 """Living catalogues: add and retire items in a bundle without retraining anything or re-embedding old titles.
 
-``update_bundle`` embeds only the new titles with the bundle's own ONNX embedder, appends them to the usearch
-index, drops retired items from everything that can return them (catalogue, index, co-purchase successors and
-popularity, the constrained-decoding trie when the bundle has one), keeps the statistics of the remaining items,
-and rewrites the bundle atomically with a new manifest (catalogue version, counts, checksums).
+``update_bundle`` embeds only the new titles with the bundle's own ONNX embedder, appends their vectors as a new
+index segment, drops retired items from everything that can return them (catalogue, index, co-purchase successors
+and popularity, the constrained-decoding trie when the bundle has one), keeps the statistics of the remaining
+items, and swaps in a new bundle folder with a new manifest (catalogue version, counts, checksums) in which every
+unchanged file is a hard link of the old one (:mod:`gloss.export.rewrite`): the index's earlier segments and
+graph, the embedder and the generator are neither copied nor hashed again.
 
-Positions stay compact (row ``i`` of the catalogue is index key ``i``): kept items keep their order, new items
-are appended, so an update gives the same catalogue, vectors and search results as a full rebuild from the
-updated ``catalog.jsonl.gz``. Without removals the index is extended in place (no HNSW rebuild); with removals
-the kept vectors are re-indexed from the index itself (still no re-embedding).
+Positions stay compact (row ``i`` of the catalogue is index position ``i``): kept items keep their order, new
+items are appended, so an update gives the same catalogue, vectors and exact search results as a full rebuild
+from the updated ``catalog.jsonl.gz``; retired items' vector rows stay on disk, listed as removed, until
+:func:`gloss.export.index.update_index` compacts them.
 
 New items have no co-purchase row and zero popularity; fusion ranks them through its text paths and its
 cold-start prior (see :mod:`gloss.edge.fusion`).
@@ -29,18 +31,20 @@ from gloss.edge.bundle import (
     CATALOG_FILE,
     COPURCHASE_FILE,
     GENERATOR_FILE,
-    INDEX_FILE,
+    ITEM_TEXT,
     TRIE_FILE,
     Bundle,
     load_bundle,
 )
-from gloss.edge.catalog import Catalog, save_catalog, save_catalog_arrays
+from gloss.edge.catalog import Catalog, append_catalog, save_catalog, save_catalog_arrays, subset_and_extend
 from gloss.edge.copurchase import CoPurchase
-from gloss.edge.errors import InputError, require
+from gloss.edge.errors import InputError
 from gloss.edge.files import read_jsonl
-from gloss.edge.index import DEFAULT_EXPANSION_ADD, ItemIndex
 from gloss.edge.prompt import MAX_TITLE_WORDS, clean_title
-from gloss.export.bundle import embed_catalog, rewrite_bundle
+from gloss.export.bundle import embed_catalog
+from gloss.export.embedder import EmbedRun, open_run_embedder
+from gloss.export.index import update_index
+from gloss.export.rewrite import rewrite_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +148,13 @@ def plan_catalog(catalog: Catalog, add_asins: list[str], add_titles: list[str], 
         raise InputError(
             f"cannot add {_shown(existing)}: already in the catalogue; to change an item, --remove it and --add it"
         )
-    keep = np.array([asin not in removed for asin in catalog.asins], dtype=bool)
+    keep = np.ones(len(catalog), dtype=bool)
+    keep[[catalog.position(asin) for asin in removed]] = False
     if not keep.any() and not add_asins:
         raise InputError("the update would leave the catalogue empty")
     old_to_new = np.full(len(catalog), -1, dtype=np.int64)
     old_to_new[keep] = np.arange(int(keep.sum()))
-    kept = np.flatnonzero(keep)
-    asins = tuple(catalog.asins[i] for i in kept) + tuple(add_asins)
-    titles = tuple(catalog.titles[i] for i in kept) + tuple(add_titles)
-    return Catalog(asins, titles), old_to_new
+    return subset_and_extend(catalog, keep, add_asins, add_titles), old_to_new
 
 
 def remap_copurchase(copurchase: CoPurchase, old_to_new: np.ndarray, num_items: int) -> CoPurchase:
@@ -185,24 +187,6 @@ def remap_copurchase(copurchase: CoPurchase, old_to_new: np.ndarray, num_items: 
     )  # fmt: skip
 
 
-def _write_index(bundle: Bundle, out_path: Path, old_to_new: np.ndarray, new_vectors: np.ndarray) -> int:
-    """Write the updated index: extend it in place when nothing is removed, else re-index kept + new vectors."""
-    num_old = len(old_to_new)
-    if (old_to_new >= 0).all():
-        # Appending keeps every existing key, so the stored HNSW graph is extended rather than rebuilt.
-        raw = require("usearch.index", "edge").Index.restore(str(bundle.paths.index), view=False)
-        raw.expansion_add = DEFAULT_EXPANSION_ADD
-        raw.add(np.arange(num_old, num_old + len(new_vectors), dtype=np.uint64), new_vectors)
-        index = ItemIndex(raw)
-    else:
-        old = bundle.open_index()
-        kept = old.vectors()[old_to_new >= 0]  # the stored vectors: re-storing them in the same dtype is exact
-        index = ItemIndex.build(np.vstack([kept, new_vectors]) if len(new_vectors) else kept, show_progress=False,
-                                dtype=old.dtype)
-    index.save(out_path)
-    return len(index)
-
-
 def _generator_section(bundle: Bundle, tmp: Path, catalog: Catalog) -> dict[str, Any] | None:
     """The generator section with its catalogue trie rebuilt for the new titles (None: no trie to rebuild).
 
@@ -214,7 +198,8 @@ def _generator_section(bundle: Bundle, tmp: Path, catalog: Catalog) -> dict[str,
         return None
     from gloss.export.trie import write_trie  # lazy: loads llama.cpp
 
-    return {**generator, "trie": write_trie(catalog.titles, tmp / GENERATOR_FILE, tmp / TRIE_FILE, TRIE_FILE)}
+    # The GGUF itself is reused (linked into the new folder after this); the trie only needs its vocabulary.
+    return {**generator, "trie": write_trie(catalog.titles, bundle.dir / GENERATOR_FILE, tmp / TRIE_FILE, TRIE_FILE)}
 
 
 def update_bundle(
@@ -222,16 +207,20 @@ def update_bundle(
     add_path: Path | None = None,
     remove_path: Path | None = None,
     show_progress: bool | None = None,
+    embed_run: EmbedRun | None = None,
 ) -> UpdateResult:
-    """Add and/or remove catalogue items in a bundle, atomically.
+    """Add and/or remove catalogue items in a bundle, atomically, writing only the parts that change.
 
-    All inputs are checked before anything is written; on any error the bundle is left as it was.
+    All inputs are checked before anything is written; on any error the bundle is left as it was. The new
+    folder hard-links every unchanged file of the old one (the embedder, the generator, the index's earlier
+    vector segments and graph); new vectors go to a new segment (:func:`gloss.export.index.update_index`).
 
     Args:
         bundle_dir: An existing bundle (output of ``gloss-export bundle``).
         add_path: ``{"asin", "title"}`` JSONL(.gz) of new items.
         remove_path: Text file of item ids to retire, one per line.
         show_progress: Progress bar while embedding; None means on when logging is at INFO.
+        embed_run: Threads, batch size and device for embedding the new titles.
 
     Returns:
         What changed.
@@ -244,18 +233,21 @@ def update_bundle(
         raise InputError("nothing to update: pass --add ITEMS.jsonl and/or --remove IDS.txt")
     add_asins, add_titles = read_new_items(Path(add_path)) if add_path is not None else ([], [])
     remove = read_removed_ids(Path(remove_path)) if remove_path is not None else []
-    bundle = load_bundle(Path(bundle_dir), verify=True)
+    bundle = load_bundle(Path(bundle_dir), verify=True)  # hashes only files changed since their last check
     catalog, old_to_new = plan_catalog(bundle.catalog, add_asins, add_titles, remove)
+    run = embed_run or EmbedRun()
     new_vectors = np.zeros((0, int(bundle.manifest["index"]["dim"])), dtype=np.float32)
     if add_asins:
-        new_vectors = embed_catalog(Catalog(tuple(add_asins), tuple(add_titles)), bundle.open_embedder(),
-                                    show_progress)
+        embedder = open_run_embedder(bundle.paths.embedder_dir, run)
+        new_vectors = embed_catalog(Catalog(add_asins, add_titles), embedder, show_progress)
     version = int(bundle.manifest["catalog"].get("version", 1)) + 1
+    index = bundle.open_index()
+    known: dict[str, Any] = {}
 
     def write(tmp: Path, _: Bundle) -> dict[str, Any]:
-        save_catalog(catalog, tmp / CATALOG_FILE)
-        save_catalog_arrays(catalog, tmp / CATALOG_ARRAYS_FILE, tmp / CATALOG_FILE)
-        num_indexed = _write_index(bundle, tmp / INDEX_FILE, old_to_new, new_vectors)
+        write_catalog(bundle, tmp, catalog, add_asins, add_titles, appended=not remove)
+        index_section, _dropped = update_index(index, tmp, np.flatnonzero(old_to_new < 0), new_vectors, version,
+                                               run, known)
         history = list(bundle.manifest["catalog"].get("updates", []))
         history.append({
             "version": version, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -266,10 +258,14 @@ def update_bundle(
         sections: dict[str, Any] = {
             "catalog": {**bundle.manifest["catalog"], "arrays": CATALOG_ARRAYS_FILE, "num_items": len(catalog),
                         "version": version, "updates": history},
-            "index": {**bundle.manifest["index"], "num_items": num_indexed},
+            "index": {**index_section, "item_text": bundle.manifest["index"].get("item_text", ITEM_TEXT)},
         }
         if bundle.fusion_meta is not None and bundle.paths.copurchase is not None:
-            stats = remap_copurchase(CoPurchase.load(bundle.paths.copurchase), old_to_new, len(catalog))
+            stats = CoPurchase.load(bundle.paths.copurchase)
+            if remove:
+                stats = remap_copurchase(stats, old_to_new, len(catalog))
+            else:  # only additions: the pairs are shared, the new items get empty rows
+                stats = stats.with_new_items(len(add_asins))
             stats.save(tmp / COPURCHASE_FILE)
             sections["fusion"] = {**bundle.fusion_meta, "nnz": stats.nnz, "remapped_to_catalog_version": version}
         generator = _generator_section(bundle, tmp, catalog)
@@ -277,7 +273,17 @@ def update_bundle(
             sections["generator"] = generator
         return sections
 
-    rewrite_bundle(bundle, write, skip=(CATALOG_FILE, CATALOG_ARRAYS_FILE, INDEX_FILE))
+    rewrite_bundle(bundle, write, known=known)
     logger.info("bundle %s: +%d -%d items -> %d (catalogue version %d)", bundle_dir, len(add_asins), len(remove),
                 len(catalog), version)
     return UpdateResult(Path(bundle_dir), len(add_asins), len(remove), len(catalog), version)
+
+
+def write_catalog(bundle: Bundle, tmp: Path, catalog: Catalog, add_asins: list[str], add_titles: list[str],
+                  appended: bool) -> None:
+    """The updated catalogue's JSONL (old rows copied as bytes when items were only added) and compact file."""
+    if appended and bundle.paths.catalog.name == CATALOG_FILE:
+        append_catalog(bundle.paths.catalog, tmp / CATALOG_FILE, add_asins, add_titles)
+    else:
+        save_catalog(catalog, tmp / CATALOG_FILE)
+    save_catalog_arrays(catalog, tmp / CATALOG_ARRAYS_FILE, tmp / CATALOG_FILE)

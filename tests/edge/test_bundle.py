@@ -20,7 +20,7 @@ from gloss.edge.catalog import load_catalog
 from gloss.edge.embed import CONFIG_NAME
 from gloss.edge.errors import InputError
 from gloss.edge.index import ItemIndex
-from gloss.edge.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entries
+from gloss.edge.manifest import FORMAT_VERSION, MANIFEST_NAME, VERIFIED_NAME, file_entries
 from gloss.edge.outdir import LEGACY_WRITER_FILE, writer_record
 from gloss.edge.prompt import PROMPT_TEMPLATE, render_item
 from gloss.export.bundle import build_bundle
@@ -63,7 +63,7 @@ def test_load_bundle_round_trip(built_bundle: Path) -> None:
     assert bundle.manifest["prompt_template"] == PROMPT_TEMPLATE
     listed = set(bundle.manifest["files"])
     on_disk = {p.relative_to(built_bundle).as_posix() for p in built_bundle.rglob("*") if p.is_file()}
-    assert listed == on_disk - {MANIFEST_NAME}
+    assert listed == on_disk - {MANIFEST_NAME, VERIFIED_NAME}
     embedder, index = bundle.open_embedder(), bundle.open_index()
     assert embedder.dim == index.dim == bundle.manifest["index"]["dim"]
     assert len(index) == len(bundle.catalog) == bundle.manifest["catalog"]["num_items"]
@@ -97,11 +97,13 @@ def _swap_embedder_dim(bundle_dir: Path) -> None:
 
 
 def _swap_index(bundle_dir: Path) -> None:
-    """Replace the index by one of fewer items and re-list the files."""
-    vectors = ItemIndex.load(bundle_dir / INDEX_FILE, view=False).vectors()[:40]
-    ItemIndex.build(vectors, show_progress=False).save(bundle_dir / INDEX_FILE)
+    """Replace the index by one of fewer items and re-list the files and the index section, as a careless edit
+    would (only the catalogue is left as it was)."""
+    manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    vectors = ItemIndex.open(bundle_dir, manifest["index"]).vectors()[:40]
+    section = ItemIndex.build(vectors, show_progress=False).save(bundle_dir)
     entries = file_entries(bundle_dir)
-    edit_manifest(bundle_dir, lambda m: m.update(files=entries))
+    edit_manifest(bundle_dir, lambda m: m.update(files=entries, index={**m["index"], **section}))
 
 
 BREAKAGES: list[tuple[str, Callable[[Path], object], str]] = [
@@ -313,7 +315,8 @@ BAD_BYTES: list[tuple[str, Callable[[Path], None], str]] = [
      _relisted(_without_compact_catalogue(lambda d: (d / CATALOG_FILE).write_bytes(gzip.compress(LATIN1_ROW)))),
      rf"{CATALOG_FILE} \(decompressed\): not UTF-8 text: byte 0xe8 at byte offset {LATIN1_ROW.index(0xE8)} "
      r"\(line 1\)"),
-    ("index-zeros", _relisted(lambda d: (d / INDEX_FILE).write_bytes(bytes(4096))), f"{INDEX_FILE}: not a usearch"),
+    ("index-zeros", _relisted(lambda d: (d / INDEX_FILE).write_bytes(bytes(4096))),
+     f"{INDEX_FILE}: not a vectors .npy file"),
     ("embedder-config-utf16", _relisted(lambda d: (d / EMBEDDER_DIR / CONFIG_NAME).write_bytes(b"\xff\xfe{\x00}\x00")),
      f"{CONFIG_NAME}: not UTF-8 text: byte 0xff at byte offset 0"),
     ("embedder-config-list", _relisted(lambda d: (d / EMBEDDER_DIR / CONFIG_NAME).write_text("[16]")),

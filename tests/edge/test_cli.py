@@ -90,12 +90,12 @@ def test_recommend_bad_input_gives_one_error_line(tiny_bundle: Path, args, stdin
 def test_recommend_rejects_a_tampered_bundle(tiny_bundle: Path, tmp_path: Path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
-    with open(broken / "index.usearch", "r+b") as handle:
+    with open(broken / "index" / "vectors.npy", "r+b") as handle:
         handle.seek(-8, 2)
         handle.write(b"\xff" * 8)
     result = invoke("recommend", broken, "--last-item", "--item", load_catalog(CATALOG_PATH).asins[0])
     assert result.exit_code == 2
-    assert "index.usearch: SHA-256 differs" in error_line(result)
+    assert "vectors.npy: SHA-256 differs" in error_line(result)
     # An unknown item is found first: the catalogue is read before every file is hashed (the slow check).
     result = invoke("recommend", broken, "--last-item", "--item", "x")
     assert result.exit_code == 2 and "unknown item 'x'" in error_line(result)

@@ -155,3 +155,30 @@ def test_load_rejects_broken_folder(tmp_path: Path, case: str) -> None:
     message = _break(folder, case)
     with pytest.raises(InputError, match=message):
         OnnxEmbedder.load(folder / "missing" if case == "no-folder" else folder)
+
+
+def test_streamed_embedding_equals_one_call(tiny_embedder_dir: Path) -> None:
+    """embed_stream tokenises a chunk at a time; one chunk is exactly one embed() call, smaller ones agree."""
+    embedder = OnnxEmbedder.load(tiny_embedder_dir, num_threads=1)
+    texts = TEXTS * 7
+    one_call = embedder.embed(texts, batch_size=4)
+    whole = np.vstack(list(embedder.embed_stream(iter(texts), batch_size=4, chunk_size=len(texts))))
+    np.testing.assert_array_equal(whole, one_call)
+    chunks = list(embedder.embed_stream((t for t in texts), batch_size=4, chunk_size=5))
+    assert [len(c) for c in chunks] == [5] * 8 + [2]
+    np.testing.assert_allclose(np.vstack(chunks), one_call, atol=1e-6)
+    with pytest.raises(InputError, match="chunk_size must be >= 1"):
+        next(embedder.embed_stream(texts, chunk_size=0))
+
+
+def test_device_auto_falls_back_to_the_cpu_and_cuda_needs_the_provider(tiny_embedder_dir: Path) -> None:
+    import onnxruntime as ort
+
+    assert OnnxEmbedder.load(tiny_embedder_dir).provider == "CPUExecutionProvider"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    assert OnnxEmbedder.load(tiny_embedder_dir, device="auto").provider == "CPUExecutionProvider"
+    with pytest.raises(InputError, match="--device cuda: onnxruntime has no CUDAExecutionProvider"):
+        OnnxEmbedder.load(tiny_embedder_dir, device="cuda")
+    with pytest.raises(InputError, match="--device must be one of"):
+        OnnxEmbedder.load(tiny_embedder_dir, device="tpu")

@@ -1,4 +1,5 @@
-"""ItemIndex against brute-force numpy search on seeded random unit vectors (f32, and f16/i8 stored vectors)."""
+"""ItemIndex against brute-force numpy search on seeded random unit vectors (f32, and f16/i8 stored vectors):
+exact and approximate (HNSW) search, memory-mapped files, segments with removed rows as updates leave them."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gloss.edge import index as index_module
+from gloss.edge import vectors as vectors_module
 from gloss.edge.errors import InputError
-from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, ItemIndex, read_index_header
+from gloss.edge.files import sha256_file
+from gloss.edge.index import (
+    DEFAULT_INDEX_DTYPE,
+    HNSW_MIN_ITEMS,
+    INDEX_DTYPES,
+    ItemIndex,
+    choose_kind,
+    read_index_header,
+)
+from gloss.edge.vectors import VectorFileWriter, VectorStore, quantize
 
-# Largest rounding error of one stored component |x| < 1: half a float16 step below 1; for i8 one step of
-# 1/127, since usearch 2.26 truncates toward zero (0.0300 is stored as 3/127, 0.0315 as 3/127 too).
-ROUNDING = {"f32": 0.0, "f16": 2.0**-12, "i8": 1 / 127}
+# Largest rounding error of one stored component |x| < 1: half a float16 step below 1; for i8 half a step of
+# 1/127 (round to nearest).
+ROUNDING = {"f32": 0.0, "f16": 2.0**-12, "i8": 0.5 / 127}
 
 
 def unit_vectors(num: int, dim: int, seed: int) -> np.ndarray:
@@ -52,16 +64,31 @@ def test_item_vector_finds_itself_first(index: ItemIndex, items: np.ndarray) -> 
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
 
 
+def recall_at_10(found: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), expected.tolist(), strict=True)]))
+
+
 def test_hnsw_recall_at_10_vs_brute_force() -> None:
+    """The approximate index (graph candidates re-ranked on the stored vectors) against brute force."""
     items = unit_vectors(3000, 32, seed=2)
     queries = unit_vectors(200, 32, seed=3)
-    positions, sims = ItemIndex.build(items, show_progress=False, dtype="f32").search(queries, k=10, exact=False)
+    index = ItemIndex.build(items, show_progress=False, dtype="f32", kind="hnsw")
+    assert index.kind == "hnsw" and not index.exact_default
+    positions, sims = index.search(queries, k=10)
     ref_pos, _ = brute_force(items, queries, 10)
-    recall = np.mean(
-        [len(set(a) & set(b)) / 10 for a, b in zip(positions.tolist(), ref_pos.tolist(), strict=True)]
-    )
-    assert recall >= 0.99
+    assert recall_at_10(positions, ref_pos) >= 0.99
+    # Whatever it finds carries the exact similarity, best first.
     np.testing.assert_allclose(sims, np.take_along_axis(queries @ items.T, positions, axis=1), atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 0).all()
+    # exact=True (--exact) scans every item whatever the kind.
+    exact_pos, _ = index.search(queries, k=10, exact=True)
+    np.testing.assert_array_equal(exact_pos, ref_pos)
+
+
+def test_kind_follows_the_catalogue_size() -> None:
+    assert choose_kind(HNSW_MIN_ITEMS - 1) == "exact" and choose_kind(HNSW_MIN_ITEMS) == "hnsw"
+    small = ItemIndex.build(unit_vectors(50, 8, seed=11), show_progress=False)
+    assert small.kind == "exact" and small.exact_default
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -81,19 +108,81 @@ def test_single_query_vector(index: ItemIndex, items: np.ndarray, exact: bool) -
     assert positions.shape == (1, 3) and positions[0, 0] == 42
 
 
-@pytest.mark.parametrize("view", [True, False])
-def test_save_load_round_trip(tmp_path: Path, index: ItemIndex, items: np.ndarray, view: bool) -> None:
-    path = tmp_path / "items.usearch"
-    index.save(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.usearch"]  # no temp file left behind
-    loaded = ItemIndex.load(path, view=view)
-    assert len(loaded) == len(items) and loaded.dim == items.shape[1]
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_saved_index_is_memory_mapped_and_searches_like_the_one_in_memory(tmp_path: Path, items: np.ndarray,
+                                                                          kind: str) -> None:
+    index = ItemIndex.build(items, show_progress=False, dtype="f16", kind=kind)
+    entries: dict = {}
+    section = index.save(tmp_path, "idx", entries=entries)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
+        ["vectors.npy"] + (["graph.usearch"] if kind == "hnsw" else []))  # no temp file left behind
+    assert entries["idx/vectors.npy"] == {"size": (tmp_path / "idx/vectors.npy").stat().st_size,
+                                          "sha256": sha256_file(tmp_path / "idx/vectors.npy")}  # hashed while written
+    assert section["kind"] == kind and section["num_items"] == len(items) and section["dtype"] == "f16"
+    loaded = ItemIndex.open(tmp_path, section)
+    assert isinstance(loaded.store.segments[0], np.memmap) and loaded.store.segments[0].dtype == np.float16
+    assert (len(loaded), loaded.dim, loaded.kind) == (len(items), items.shape[1], kind)
+    np.testing.assert_array_equal(np.asarray(loaded.store), np.asarray(index.store))
     queries = unit_vectors(20, 24, seed=6)
-    for exact in (True, False):
+    for exact in (True, False, None):
         got, got_sims = loaded.search(queries, k=7, exact=exact)
         want, want_sims = index.search(queries, k=7, exact=exact)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_allclose(got_sims, want_sims, atol=1e-6)
+
+
+def test_blocked_exact_search_equals_the_in_memory_path(items: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above EXACT_CACHE_BYTES exact search scans the stored rows block by block: same top-k as the float32 path."""
+    index = ItemIndex.build(items, show_progress=False, dtype="f16")
+    queries = unit_vectors(30, 24, seed=12)
+    cached_pos, cached_sims = index.search(queries, k=10)
+    monkeypatch.setattr(index_module, "EXACT_CACHE_BYTES", 0)
+    monkeypatch.setattr(vectors_module, "DEFAULT_BLOCK_ROWS", 64)
+    blocked_pos, blocked_sims = ItemIndex.build(items, show_progress=False, dtype="f16").search(queries, k=10)
+    np.testing.assert_array_equal(blocked_pos, cached_pos)
+    np.testing.assert_allclose(blocked_sims, cached_sims, atol=1e-6)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_segments_with_removed_rows_search_like_the_compacted_matrix(items: np.ndarray, cache: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An updated index (segments + removed rows) and the rebuild of its live rows give bit-identical results."""
+    if not cache:
+        monkeypatch.setattr(index_module, "EXACT_CACHE_BYTES", 0)
+    stored = quantize(items, "f16")
+    removed = np.array([0, 7, 250, 399, 400, 599])
+    updated = ItemIndex(VectorStore([stored[:250], stored[250:400], stored[400:]], removed))
+    live = np.delete(stored, removed, axis=0)
+    rebuilt = ItemIndex(VectorStore([live]))
+    assert len(updated) == len(live) == len(items) - len(removed)
+    np.testing.assert_array_equal(updated.store[[0, 6, 244, 593]], live[[0, 6, 244, 593]].astype(np.float32))
+    queries = np.vstack([unit_vectors(25, 24, seed=13), live[[3, 3, 100]].astype(np.float32)])
+    for block_rows in (vectors_module.DEFAULT_BLOCK_ROWS, 97):
+        monkeypatch.setattr(vectors_module, "DEFAULT_BLOCK_ROWS", block_rows)
+        got, got_sims = updated.search(queries, k=12)
+        want, want_sims = rebuilt.search(queries, k=12)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_sims, want_sims)
+
+
+def test_hnsw_searches_rows_after_the_graph_and_never_returns_removed_ones(items: np.ndarray) -> None:
+    """After an update the graph covers the first rows, later rows are scanned exactly, removed rows are dropped."""
+    more = unit_vectors(150, 24, seed=14)
+    base = ItemIndex.build(items, show_progress=False, dtype="f32", kind="hnsw")
+    removed = np.array([1, 42, 300, 650])
+    store = VectorStore([base.store.segments[0], quantize(more, "f32")], removed)
+    updated = base.with_store(store)
+    assert updated.graph_rows == len(items) < store.num_physical
+    live = np.delete(np.vstack([items, more]), removed, axis=0)
+    queries = np.vstack([unit_vectors(40, 24, seed=15), more[:10]])
+    found, sims = updated.search(queries, k=10)
+    ref_pos, _ = brute_force(live, queries, 10)
+    assert recall_at_10(found, ref_pos) >= 0.99
+    assert (found[40:, 0] == np.arange(len(items) - 3, len(items) + 7)).all()  # new rows find themselves
+    np.testing.assert_allclose(sims, np.take_along_axis(queries @ live.T, found, axis=1), atol=1e-5)
+    updated.extend_graph()  # the graph takes the new rows in
+    assert updated.graph_rows == store.num_physical
+    assert recall_at_10(updated.search(queries, k=10)[0], ref_pos) >= 0.99
 
 
 @pytest.mark.parametrize(
@@ -119,23 +208,43 @@ def test_build_rejects_non_finite_vectors() -> None:
         ItemIndex.build(vectors, show_progress=False)
 
 
-def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such index file"):
-        ItemIndex.load(tmp_path / "missing.usearch")
-    garbage = tmp_path / "garbage.usearch"
-    garbage.write_bytes(b"not an index" * 10)
-    with pytest.raises(InputError, match="not a usearch index"):
-        ItemIndex.load(garbage)
+BROKEN_FILES = [
+    ("missing-vectors", lambda d: (d / "index/vectors.npy").unlink(), "no such vectors file"),
+    ("foreign-vectors", lambda d: (d / "index/vectors.npy").write_bytes(b"not an index" * 10), "not a vectors .npy"),
+    ("truncated-vectors", lambda d: _cut(d / "index/vectors.npy", 10), "truncated or changed"),
+    ("padded-vectors", lambda d: _append(d / "index/vectors.npy"), "truncated or changed"),
+    ("missing-graph", lambda d: (d / "index/graph.usearch").unlink(), "no such graph file"),
+    ("foreign-graph", lambda d: (d / "index/graph.usearch").write_bytes(bytes(300)), "not a usearch index"),
+]
+
+
+def _cut(path: Path, num_bytes: int) -> None:
+    path.write_bytes(path.read_bytes()[:-num_bytes])
+
+
+def _append(path: Path) -> None:
+    with open(path, "ab") as handle:
+        handle.write(b"\0" * 8)
+
+
+@pytest.mark.parametrize(("case", "breakage", "message"), BROKEN_FILES, ids=[b[0] for b in BROKEN_FILES])
+def test_open_rejects_missing_foreign_and_truncated_files(tmp_path: Path, items: np.ndarray, case: str, breakage,
+                                                         message: str) -> None:
+    section = ItemIndex.build(items[:100], show_progress=False, kind="hnsw").save(tmp_path)
+    breakage(tmp_path)
+    with pytest.raises(InputError, match=message) as info:
+        ItemIndex.open(tmp_path, section).search(items[:2], k=3)
+    assert "\n" not in str(info.value)
 
 
 @pytest.fixture(scope="module")
 def compact(items: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ItemIndex]:
-    """f16 and i8 indexes of ``items``, saved and loaded back (memory-mapped) as a bundle opens them."""
+    """f16 and i8 indexes of ``items``, saved and opened back (memory-mapped) as a bundle opens them."""
     root = tmp_path_factory.mktemp("compact")
     out = {}
     for dtype in ("f16", "i8"):
-        ItemIndex.build(items, show_progress=False, dtype=dtype).save(root / f"{dtype}.usearch")
-        out[dtype] = ItemIndex.load(root / f"{dtype}.usearch")
+        section = ItemIndex.build(items, show_progress=False, dtype=dtype).save(root, dtype)
+        out[dtype] = ItemIndex.open(root, section)
     return out
 
 
@@ -144,13 +253,13 @@ def test_compact_index_stores_vectors_within_rounding(compact: dict[str, ItemInd
                                                       dtype: str, tmp_path: Path) -> None:
     index = compact[dtype]
     assert index.dtype == dtype
-    stored = index.vectors()
+    stored = np.asarray(index.vectors())
     assert stored.dtype == np.float32 and stored.shape == items.shape
     assert np.abs(stored - items).max() <= ROUNDING[dtype] + 1e-7
     assert not np.array_equal(stored, items)  # really rounded, not stored as f32
     # A freshly built index searches the same stored vectors as the saved and loaded one.
     built = ItemIndex.build(items, show_progress=False, dtype=dtype)
-    np.testing.assert_array_equal(built.vectors(), stored)
+    np.testing.assert_array_equal(np.asarray(built.vectors()), stored)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "i8"])
@@ -158,7 +267,7 @@ def test_compact_exact_search_equals_brute_force_over_stored_vectors(compact: di
                                                                      dtype: str) -> None:
     queries = unit_vectors(50, 24, seed=8)
     positions, sims = compact[dtype].search(queries, k=10)
-    ref_pos, ref_sims = brute_force(compact[dtype].vectors(), queries, 10)
+    ref_pos, ref_sims = brute_force(np.asarray(compact[dtype].vectors()), queries, 10)
     np.testing.assert_array_equal(positions, ref_pos)
     np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
 
@@ -177,25 +286,28 @@ def test_compact_top_k_matches_f32_up_to_rounding(compact: dict[str, ItemIndex],
     assert (np.take_along_axis(exact, positions, axis=1) >= kth_best - 2 * bound).all()
 
 
-def test_loaded_index_reopens_its_file_after_reading_vectors(tmp_path: Path, items: np.ndarray) -> None:
-    """vectors() lets go of the mapped file (RSS); HNSW search and save must still work afterwards."""
-    ItemIndex.build(items, show_progress=False, dtype="f16").save(tmp_path / "a.usearch")
-    loaded = ItemIndex.load(tmp_path / "a.usearch")
-    queries = unit_vectors(5, 24, seed=10)
-    exact_pos, _ = loaded.search(queries, k=5)  # reads the float32 matrix, releases the file
-    hnsw_pos, _ = loaded.search(queries, k=5, exact=False)
-    np.testing.assert_array_equal(hnsw_pos, exact_pos)
-    loaded.save(tmp_path / "b.usearch")
-    again = ItemIndex.load(tmp_path / "b.usearch")
-    assert (len(again), again.dim, again.dtype, again.expansion_search) == (600, 24, "f16", loaded.expansion_search)
-    np.testing.assert_array_equal(again.vectors(), loaded.vectors())
-
-
 def test_index_dtype_in_header_and_rejects_unknown(tmp_path: Path, items: np.ndarray) -> None:
     assert DEFAULT_INDEX_DTYPE in INDEX_DTYPES
     for dtype in INDEX_DTYPES:
-        ItemIndex.build(items[:20], show_progress=False, dtype=dtype).save(tmp_path / f"{dtype}.usearch")
-        assert read_index_header(tmp_path / f"{dtype}.usearch") == {"dim": 24, "num_items": 20, "dtype": dtype}
+        section = ItemIndex.build(items[:20], show_progress=False, dtype=dtype).save(tmp_path, dtype)
+        assert read_index_header(tmp_path / section["file"]) == {"dim": 24, "num_items": 20, "dtype": dtype}
     assert ItemIndex.build(items[:20], show_progress=False).dtype == DEFAULT_INDEX_DTYPE
     with pytest.raises(InputError, match="--index-dtype must be one of f32, f16, i8, got 'f64'"):
         ItemIndex.build(items[:20], show_progress=False, dtype="f64")
+
+
+def test_vector_file_is_written_in_chunks_and_hashed_as_written(tmp_path: Path, items: np.ndarray) -> None:
+    """The streaming writer gives the bytes np.save gives, and announces no file until every row came."""
+    path = tmp_path / "v.npy"
+    with VectorFileWriter(path, len(items), items.shape[1], "f16") as writer:
+        for start in range(0, len(items), 77):
+            writer.write(items[start : start + 77])
+    reference = tmp_path / "ref.npy"
+    np.save(reference, items.astype(np.float16))
+    assert path.read_bytes() == reference.read_bytes()
+    assert writer.entry == {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    with pytest.raises(InputError, match="5 rows written, 6 announced"), VectorFileWriter(
+        tmp_path / "short.npy", 6, items.shape[1], "f16"
+    ) as short:
+        short.write(items[:5])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npy", "v.npy"]

@@ -13,7 +13,7 @@ from gloss.edge.bundle import load_bundle
 from gloss.edge.cli import app
 from gloss.edge.fusion import CoPurchase
 from gloss.edge.index import read_index_header
-from gloss.edge.inspect import inspect_bundle
+from gloss.edge.inspect import format_report, inspect_bundle
 from tests.conftest import FIXTURES, copy_bundle
 from tests.fakes import error_line
 
@@ -37,7 +37,7 @@ def test_inspect_json_reports_what_the_files_hold(bundle_copy: Path):
     report = json.loads(result.stdout)
     bundle = load_bundle(bundle_copy)
     stats = CoPurchase.load(bundle.paths.copurchase)
-    header = read_index_header(bundle.paths.index)
+    header = read_index_header(bundle.paths.index)  # the vectors file's own header
     assert report["check"] == {"ok": True, "problems": [], "notes": report["check"]["notes"]}
     assert report["catalog"]["rows"] == len(bundle.catalog) == report["catalog"]["num_items"]
     assert report["index"]["stored_items"] == header["num_items"] and report["index"]["scalar"] == header["dtype"]
@@ -48,7 +48,9 @@ def test_inspect_json_reports_what_the_files_hold(bundle_copy: Path):
     assert report["generator"] == {"present": False}
     sizes = {rel: entry["size"] for rel, entry in bundle.manifest["files"].items()}
     assert report["bundle"]["total_bytes"] == sum(sizes.values())
-    assert report["bundle"]["bytes_per_part"]["index.usearch"] == sizes["index.usearch"]
+    assert report["bundle"]["bytes_per_part"]["index"] == sizes["index/vectors.npy"] == report["index"]["bytes"]
+    assert report["index"]["kind"] == "exact" and report["index"]["segments"] == 1  # a small catalogue: exact search
+    assert report["index"]["removed_rows"] == 0 and "graph" not in report["index"]
     assert report["bundle"]["catalog_version"] == 1
 
 
@@ -87,6 +89,27 @@ def test_inspect_shows_the_catalogue_version_after_an_update(bundle_copy: Path, 
     report = inspect_bundle(bundle_copy)
     assert report.ok and report.sections["bundle"]["catalog_version"] == 2
     assert report.sections["catalog"]["updates"] == 1
+    assert report.sections["index"]["removed_rows"] == 1 and report.sections["index"]["stored_items"] == len(
+        load_bundle(bundle_copy).catalog)
+
+
+def test_inspect_shows_an_hnsw_index_and_always_hashes(embedder_dir: Path, tmp_path: Path, monkeypatch):
+    """The kind and graph settings come from the manifest and the files; inspect hashes even a stamped bundle."""
+    from gloss.edge import bundle as bundle_module
+    from gloss.export.bundle import build_bundle
+
+    out = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, index_kind="hnsw")
+    hashed = []
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(path) or "0" * 64)
+    report = inspect_bundle(out)
+    assert not report.ok and "SHA-256 differs" in report.problems[0] and hashed  # hashed, despite the stamp
+    monkeypatch.undo()
+    report = inspect_bundle(out)
+    assert report.ok, report.problems
+    index = report.sections["index"]
+    assert index["kind"] == "hnsw" and index["graph"]["rows"] == index["stored_items"] == 441
+    assert index["graph"]["connectivity"] >= 2 and "embed" in index["build"]
+    assert "index/graph.usearch" in format_report(report) or "hnsw" in format_report(report)
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ def test_rebuild_replaces_bundle_and_keeps_old_one_on_failure(
     def fail(*args: object, **kwargs: object) -> None:
         raise InputError("simulated failure while indexing")
 
-    monkeypatch.setattr(bundle_module.ItemIndex, "build", fail)
+    monkeypatch.setattr(bundle_module, "write_index", fail)
     with pytest.raises(InputError, match="simulated"):
         build_bundle(CATALOG_PATH, out, embedder_dir=embedder_dir, show_progress=False)
     assert len(load_bundle(out).catalog) == 20  # untouched

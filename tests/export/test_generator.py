@@ -20,6 +20,7 @@ from typer.testing import CliRunner  # noqa: E402
 from gloss.edge.bundle import GENERATOR_FILE, MANIFEST_NAME, load_bundle  # noqa: E402
 from gloss.edge.errors import InputError  # noqa: E402
 from gloss.edge.generation.gguf_header import read_gguf_metadata  # noqa: E402
+from gloss.edge.manifest import VERIFIED_NAME  # noqa: E402
 from gloss.export import hf_models  # noqa: E402
 from gloss.export.bundle import build_bundle  # noqa: E402
 from gloss.export.cli import app  # noqa: E402
@@ -101,7 +102,7 @@ def test_bundle_from_adapter_runs_base_plus_adapter(
     assert section["fine_tuned"] is True and section["quantization"] == "F16"
     assert section["adapter"] == str(adapter_dir)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["catalog.jsonl.gz", "embedder", "index.usearch", "generator", MANIFEST_NAME]
+        ["catalog.jsonl.gz", "catalog.bin", "embedder", "index", "generator", MANIFEST_NAME, VERIFIED_NAME]
     )  # the merge and f16 files were temporary
     llm = load_llama(out / GENERATOR_FILE)
     base_dir = peft_model.peft_config["default"].base_model_name_or_path

@@ -15,6 +15,7 @@ from gloss.edge.bundle import CATALOG_FILE, load_bundle
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.errors import InputError
 from gloss.edge.fusion import CoPurchase
+from gloss.edge.manifest import VERIFIED_NAME
 from gloss.edge.prompt import MAX_TITLE_WORDS, render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.splits import Split, load_sequences, make_examples
@@ -77,8 +78,10 @@ def new_items(full_catalog: Catalog, tmp_path: Path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under the bundle's parent (so a leftover temp folder shows too), by relative path."""
-    return {p.relative_to(folder.parent).as_posix(): p.read_bytes() for p in folder.parent.rglob("*") if p.is_file()}
+    """Every file under the bundle's parent (so a leftover temp folder shows too), by relative path; not the
+    verification stamp, a cache that any load may refresh (gloss.edge.verified)."""
+    return {p.relative_to(folder.parent).as_posix(): p.read_bytes() for p in folder.parent.rglob("*")
+            if p.is_file() and p.name != VERIFIED_NAME}
 
 
 @pytest.mark.parametrize("change", ["add", "add+remove", "remove"])
