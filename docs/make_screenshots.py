@@ -68,7 +68,7 @@ def shoot_playground(bundle_dir: Path, out: Path) -> None:
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    driver = browser(1400, 1180)
+    driver = browser(1400, 1300)
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, WAIT_S)

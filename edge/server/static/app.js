@@ -326,9 +326,12 @@ function showQueries(queries, queryItems) {
   box.hidden = queries.length === 0 && !(state.facts && state.facts.rule === "fusion");
   if (queries.length === 0) {
     $("queries-title").textContent = "Generated titles";
-    list.append(el("li", { cls: "muted", text: state.facts && state.facts.llm.loaded
+    const facts = state.facts || { llm: { loaded: false }, generator: { present: false } };
+    list.append(el("li", { cls: "muted", text: facts.llm.loaded
       ? "The LLM did not run for this answer (switch above)."
-      : "The LLM did not run: fusion ranks from the history alone (gloss-edge serve --llm runs it)." }));
+      : facts.generator.present
+        ? "The LLM did not run: fusion ranks from the history alone (gloss-edge serve --llm runs it)."
+        : "No LLM in this bundle: fusion ranks from the history alone." }));
     return;
   }
   $("queries-title").textContent = llmRan ? "Generated titles (the LLM's beams)" : "Query (no LLM: the last item's title)";
