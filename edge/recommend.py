@@ -236,6 +236,7 @@ class Recommender:
         use_fusion: bool | None = None,
         exclude_seen: bool = True,
         constrained: bool = False,
+        exact: bool | None = None,
     ) -> Recommender:
         """Open a bundle (checked against its manifest) and its generator if it has one.
 
@@ -249,6 +250,8 @@ class Recommender:
             use_fusion: Rank with the fusion re-ranker; None uses it when the bundle has one.
             exclude_seen: Remove items already in the history (default; False keeps them).
             constrained: Constrain the generator's beams to catalogue titles (the bundle's trie).
+            exact: True searches every item even where the bundle's index has an HNSW graph (``--exact``);
+                None follows the index's kind.
 
         Raises:
             InputError: If the bundle is invalid, or a part that is asked for is missing.
@@ -256,7 +259,7 @@ class Recommender:
         from gloss.edge.bundle import load_bundle
 
         bundle = load_bundle(bundle_dir, verify=verify)
-        return cls.from_bundle(bundle, use_generator, generation, use_fusion, exclude_seen, constrained)
+        return cls.from_bundle(bundle, use_generator, generation, use_fusion, exclude_seen, constrained, exact)
 
     @classmethod
     def from_bundle(
@@ -267,6 +270,7 @@ class Recommender:
         use_fusion: bool | None = None,
         exclude_seen: bool = True,
         constrained: bool = False,
+        exact: bool | None = None,
     ) -> Recommender:
         """A recommender over an already loaded bundle (arguments as in :meth:`load`).
 
@@ -275,7 +279,7 @@ class Recommender:
         """
         from gloss.edge.generation.generate import LlamaCppGenerator
 
-        index = bundle.open_index()
+        index = bundle.open_index(exact=exact)
         if use_fusion is None:
             use_fusion = bundle.fusion_meta is not None
         fusion = bundle.open_fusion(index) if use_fusion else None

@@ -351,3 +351,83 @@ def test_a_folder_is_not_a_gguf(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="is a directory; expected a .gguf file"):
         check_gguf(tmp_path)
+
+
+# --- when hashes run (gloss.edge.verified): sizes and headers at every load, SHA-256 when files changed ---
+
+
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every file load_bundle hashes."""
+    from gloss.edge import bundle as bundle_module
+
+    hashed: list[Path] = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(Path(path)) or real(path))
+    return hashed
+
+
+def test_a_fresh_build_loads_without_hashing_and_a_changed_file_is_hashed_again(
+    tiny_embedder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle_dir = _build(tmp_path / "beauty", tiny_embedder_dir)
+    hashed = count_hashes(monkeypatch)
+    load_bundle(bundle_dir)  # the build hashed what it wrote and stamped it
+    load_bundle(bundle_dir)
+    assert hashed == []
+    load_bundle(bundle_dir, rehash=True)  # inspect's way: every file, whatever the stamp
+    assert len(hashed) == len(load_bundle(bundle_dir).manifest["files"])
+    hashed.clear()
+    _flip_byte(bundle_dir / INDEX_FILE)  # same size, new bytes: its ctime moved, the stamp no longer vouches
+    with pytest.raises(InputError, match="vectors.npy: SHA-256 differs"):
+        load_bundle(bundle_dir)
+    assert hashed
+
+
+def test_a_copied_bundle_is_hashed_once_then_trusted(built_bundle: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = Path(shutil.copytree(built_bundle, tmp_path / "copy"))  # the stamp came along, the inodes did not
+    hashed = count_hashes(monkeypatch)
+    load_bundle(copy)
+    assert len(hashed) == len(load_bundle(copy).manifest["files"])
+    hashed.clear()
+    load_bundle(copy)
+    assert hashed == []
+    stamp = json.loads((copy / VERIFIED_NAME).read_text(encoding="utf-8"))
+    assert set(stamp["files"]) == set(load_bundle(copy).manifest["files"]) | {MANIFEST_NAME}
+
+
+@pytest.mark.parametrize("part", ["vectors", "graph"])
+def test_recommend_refuses_a_truncated_or_corrupt_index_in_one_line(tiny_embedder_dir: Path, tmp_path: Path,
+                                                                     part: str) -> None:
+    from typer.testing import CliRunner
+
+    from gloss.edge.bundle import GRAPH_FILE
+    from gloss.edge.cli import app
+    from tests.fakes import error_line
+
+    bundle_dir = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=tiny_embedder_dir, index_kind="hnsw")
+    path = bundle_dir / (INDEX_FILE if part == "vectors" else GRAPH_FILE)
+    item = load_catalog(CATALOG_PATH).asins[0]
+    args = ["recommend", str(bundle_dir), "--last-item", "--item", item]
+    _flip_byte(path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and f"{path.name}: SHA-256 differs" in error_line(result)
+    _truncate(path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and f"{path.name}: size" in error_line(result)
+
+
+def test_exact_flag_searches_every_item_of_an_hnsw_bundle(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    from gloss.edge.recommend import Recommender
+
+    bundle_dir = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=tiny_embedder_dir, index_kind="hnsw")
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest["index"]["kind"] == "hnsw" and not bundle.open_index().exact_default
+    assert bundle.open_index(exact=True).exact_default
+    recommender = Recommender.load(bundle_dir, use_generator=False, exact=True)
+    assert recommender.index.exact_default
+    queries = recommender.embedder.embed(["Title: " + t for t in bundle.catalog.titles[:20]])
+    found, sims = recommender.index.search(queries, k=10)
+    matrix = np.asarray(bundle.open_index().vectors())
+    order = np.argsort(-(queries @ matrix.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(found, order)

@@ -278,3 +278,62 @@ def test_help_lists_update():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "update" in result.output
     assert "--remove" in runner.invoke(app, ["update", "--help"]).output
+
+
+# --- what an update writes: only the changed parts; the rest are hard links of the old files ---
+
+
+def inodes(bundle_dir: Path) -> dict[str, int]:
+    files = load_bundle(bundle_dir).manifest["files"]
+    return {rel: (bundle_dir / rel).stat().st_ino for rel in files}
+
+
+def test_update_hard_links_unchanged_files_and_writes_a_new_segment(base_bundle, full_catalog, tmp_path):
+    before = inodes(base_bundle)
+    update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path))
+    after = inodes(base_bundle)
+    kept = {rel for rel in before if rel in after and after[rel] == before[rel]}
+    assert {"embedder/model.onnx", "embedder/tokenizer.json", "index/vectors.npy"} <= kept
+    assert set(after) - set(before) == {"index/vectors.v2.npy"}  # the added items' vectors, nothing else new
+    section = load_bundle(base_bundle).manifest["index"]
+    assert [s["rows"] for s in section["segments"]] == [len(full_catalog) - NUM_NEW, NUM_NEW]
+    assert section["num_items"] == len(full_catalog) and "removed" not in section
+    update_bundle(base_bundle, remove_path=write_ids(tmp_path / "gone.txt", full_catalog.asins[:3]))
+    section = load_bundle(base_bundle, rehash=True).manifest["index"]  # the reused hashes still hold
+    assert section["removed"] == {"file": "index/removed.v3.npy", "rows": 3} and len(section["segments"]) == 2
+    assert inodes(base_bundle)["index/vectors.v2.npy"] == after["index/vectors.v2.npy"]
+
+
+@pytest.mark.parametrize("policy", ["compact", "hnsw-tail", "hnsw-extend", "becomes-hnsw"])
+def test_update_policies_still_equal_a_rebuild(setup, base_bundle, full_catalog, tmp_path, monkeypatch, policy):
+    """Whatever the update rewrites (nothing, the graph, everything), the result searches like a rebuild."""
+    from gloss.edge import index as index_module
+    from gloss.export import index as export_index
+
+    if policy == "compact":
+        monkeypatch.setattr(export_index, "REMOVED_MAX_FRACTION", 0.01)
+    if policy.startswith("hnsw"):
+        build_bundle(base_bundle / CATALOG_FILE, base_bundle, embedder_dir=setup[1], index_kind="hnsw")
+    if policy == "hnsw-extend":
+        monkeypatch.setattr(export_index, "TAIL_MAX_ROWS", 5)
+    if policy == "becomes-hnsw":
+        monkeypatch.setattr(index_module, "HNSW_MIN_ITEMS", len(full_catalog) - 20)  # the base (exact) passes it
+    old = load_bundle(base_bundle)
+    update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path),
+                  remove_path=write_ids(tmp_path / "gone.txt", old.catalog.asins[5:60:5]))
+    updated = load_bundle(base_bundle, rehash=True)
+    section = updated.manifest["index"]
+    expected = {"compact": ("exact", 1, None), "hnsw-tail": ("hnsw", 2, len(old.catalog)),
+                "hnsw-extend": ("hnsw", 2, len(old.catalog) + NUM_NEW),
+                "becomes-hnsw": ("hnsw", 2, len(old.catalog) + NUM_NEW)}[policy]
+    assert (section["kind"], len(section["segments"]), (section.get("graph") or {}).get("rows")) == expected
+    rebuilt = load_bundle(build_bundle(base_bundle / CATALOG_FILE, tmp_path / "rebuilt", embedder_dir=setup[1]))
+    assert updated.catalog == rebuilt.catalog
+    index, reference = updated.open_index(), rebuilt.open_index(exact=True)
+    np.testing.assert_array_equal(np.asarray(index.vectors()), np.asarray(reference.vectors()))
+    queries = np.asarray(reference.vectors())[::9]
+    exact, _ = index.search(queries, 10, exact=True)
+    np.testing.assert_array_equal(exact, reference.search(queries, 10)[0])
+    found, _ = index.search(queries, 10)  # the bundle's own kind: approximate for hnsw
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist(), strict=True)])
+    assert overlap >= 0.99
