@@ -75,20 +75,20 @@ def read_sequence_arrays(path: Path, positions: Mapping[str, int], holdout: int 
     items, ends = array("i"), array("q", [0])
     lookup = positions.__getitem__
     num_rows = 0
-    for rows in _row_chunks(Path(path)):
+    for rows, lines in _row_chunks(Path(path)):
         kept = []
-        for row in rows:
-            num_rows += 1
-            seq = row.get("items") if isinstance(row, dict) else None
+        for row, line in zip(rows, lines, strict=True):
+            seq = row.get("items")
             if not isinstance(row.get("user"), str) or not isinstance(seq, list):
-                raise InputError(f"{path}: row {num_rows} needs 'user' (string) and 'items' (list of item ids)")
+                raise InputError(f"{path}:{line}: needs 'user' (string) and 'items' (list of item ids)")
             kept.append(seq[: len(seq) - holdout] if holdout else seq)
         try:
             items.extend(list(map(lookup, chain.from_iterable(kept))))
         except (KeyError, TypeError):
-            _raise_bad_item(path, rows, kept, positions, num_rows - len(rows))
+            _raise_bad_item(path, rows, lines, kept, positions)
         for seq in kept:
             ends.append(ends[-1] + len(seq))
+        num_rows += len(rows)
     if not num_rows:
         raise InputError(f"{path}: no user sequences")
     logger.info("sequences %s: %d users, %d items kept (holdout %d)", path, num_rows, len(items), holdout)
@@ -97,22 +97,23 @@ def read_sequence_arrays(path: Path, positions: Mapping[str, int], holdout: int 
                           np.frombuffer(ends, dtype=np.int64))
 
 
-def _raise_bad_item(path: Path, rows: list[dict[str, Any]], kept: list[list[Any]], positions: Mapping[str, int],
-                    rows_before: int) -> None:
-    """Name the first row of a chunk whose items are not all strings, or its first unknown item."""
-    for number, (row, seq) in enumerate(zip(rows, kept, strict=True), start=rows_before + 1):
+def _raise_bad_item(path: Path, rows: list[dict[str, Any]], lines: list[int], kept: list[list[Any]],
+                    positions: Mapping[str, int]) -> None:
+    """Name the line of a chunk's first row whose items are not all strings, or of its first unknown item."""
+    for row, line, seq in zip(rows, lines, kept, strict=True):
         if not all(isinstance(i, str) for i in row["items"]):
-            raise InputError(f"{path}: row {number} needs 'user' (string) and 'items' (list of item ids)")
+            raise InputError(f"{path}:{line}: needs 'user' (string) and 'items' (list of item ids)")
         unknown = next((i for i in seq if i not in positions), None)
         if unknown is not None:
-            raise InputError(f"user {row['user']}: unknown item {unknown!r}: not in the catalogue; use the "
-                             "catalogue the sequences were built with")
+            raise InputError(f"{path}:{line}: user {row['user']}: item {unknown!r} is not in the catalogue; use "
+                             "the catalogue the sequences were built with")
     raise AssertionError("a chunk failed to map but no row is at fault")  # pragma: no cover
 
 
-def _row_chunks(path: Path) -> Iterator[list[Any]]:
-    """The JSON values of a JSONL(.gz) file, ``CHUNK_BYTES`` of lines per list (blank lines skipped), each list parsed
-    with one ``json.loads``; errors name the file and line as :func:`gloss.edge.files.read_jsonl` does."""
+def _row_chunks(path: Path) -> Iterator[tuple[list[Any], list[int]]]:
+    """The JSON values of a JSONL(.gz) file and their line numbers, ``CHUNK_BYTES`` of lines per list (blank lines
+    skipped), each list parsed with one ``json.loads``; errors name the file and line as
+    :func:`gloss.edge.files.read_jsonl` does."""
     check_input_file(path)
     gzipped = path.suffix == ".gz"
     try:
@@ -123,7 +124,7 @@ def _row_chunks(path: Path) -> Iterator[list[Any]]:
         raise InputError(f"{path}: cannot be read as {kind}: {exc}") from None
 
 
-def _parse_chunks(handle: IO[bytes], name: str, decompressed: bool) -> Iterator[list[Any]]:
+def _parse_chunks(handle: IO[bytes], name: str, decompressed: bool) -> Iterator[tuple[list[Any], list[int]]]:
     offset, first_line = 0, 1
     text_name = f"{name} (decompressed)" if decompressed else name
     while True:
@@ -132,13 +133,14 @@ def _parse_chunks(handle: IO[bytes], name: str, decompressed: bool) -> Iterator[
             return
         data = b"".join(lines)
         text = decode_utf8(data, text_name, offset, first_line)
-        rows = [line for line in text.split("\n") if line.strip()]
+        numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=first_line) if line.strip()]
+        rows = [line for _, line in numbered]
         values = _parse_joined(rows)
         if values is None:
             values = _parse_lines_one_by_one(text, name, first_line)
         offset += len(data)
         first_line += len(lines)
-        yield values
+        yield values, [number for number, _ in numbered]
 
 
 def _parse_joined(rows: list[str]) -> list[Any] | None:

@@ -25,15 +25,16 @@ from gloss.edge.bundle import (
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog, save_catalog_arrays
 from gloss.edge.embed import EMBEDDER_FILES, OnnxEmbedder
 from gloss.edge.errors import InputError
-from gloss.edge.files import check_input_file, read_jsonl_lines, sha256_file
+from gloss.edge.files import check_input_file, sha256_file
 from gloss.edge.fusion import FusionConfig
 from gloss.edge.generation.gguf_header import check_gguf
 from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, KINDS
 from gloss.edge.manifest import MANIFEST_NAME, write_manifest
 from gloss.edge.outdir import atomic_dir
+from gloss.edge.sequences import SequenceArrays
 from gloss.edge.trie import check_titles
 from gloss.edge.verified import record_verified
-from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
+from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file, read_prefixes
 from gloss.export.embedder import EmbedRun, open_run_embedder
 from gloss.export.index import write_index
 from gloss.export.rewrite import rewrite_bundle
@@ -158,8 +159,9 @@ def build_bundle(
         check_holdout(holdout)
         check_input_file(Path(sequences_path), "sequences file")
     catalog = load_catalog(catalog_path)
-    if sequences_path is not None:
-        check_sequences(Path(sequences_path), catalog, holdout)  # an unknown item fails now, not after embedding
+    prefixes = None
+    if sequences_path is not None:  # read once, now: an unknown item fails before embedding, not after it
+        prefixes = check_sequences(Path(sequences_path), catalog, holdout)
     if gguf_path is not None or adapter is not None:
         check_titles(catalog.titles)  # the generator's trie needs every title; fail before the slow steps
     name = name or catalog_path.name.split(".")[0]
@@ -192,7 +194,7 @@ def build_bundle(
             sections["generator"]["trie"] = _trie_section(tmp, catalog)
         if sequences_path is not None:
             sections["fusion"] = _fusion_section(tmp, catalog, Path(sequences_path), holdout, DEFAULT_WINDOW,
-                                                 DEFAULT_DECAY, fusion_config)
+                                                 DEFAULT_DECAY, fusion_config, prefixes)
         manifest = write_manifest(tmp, sections, known=known)
     record_verified(out_dir, manifest["files"])  # hashed while written: the first load need not hash again
     has_generator = gguf_path is not None or adapter is not None
@@ -265,25 +267,17 @@ def add_fusion(
     return _rewrite_bundle(Path(bundle_dir), "fusion", COPURCHASE_FILE, write)
 
 
-def check_sequences(sequences_path: Path, catalog: Catalog, holdout: int = 0) -> None:
-    """Check every ``{"user", "items"}`` row against the catalogue, one row at a time (nothing is kept); the last
-    ``holdout`` items of each user are not read by the statistics, so they are not checked either.
+def check_sequences(sequences_path: Path, catalog: Catalog, holdout: int = 0) -> SequenceArrays:
+    """Read every ``{"user", "items"}`` row against the catalogue into flat position arrays (4 bytes an item);
+    the last ``holdout`` items of each user are not read by the statistics, so they are not checked either.
+
+    Returns:
+        The prefixes, for :func:`gloss.export.copurchase.build_copurchase_file`.
 
     Raises:
         InputError: Naming the line of the first malformed row or item that is not in ``catalog``.
     """
-    num_rows = 0
-    for number, row in read_jsonl_lines(sequences_path):
-        user, items = row.get("user"), row.get("items")
-        if not isinstance(user, str) or not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise InputError(f"{sequences_path}:{number}: needs 'user' (string) and 'items' (list of item ids)")
-        for asin in items[: len(items) - holdout] if holdout else items:
-            if asin not in catalog:
-                raise InputError(f"{sequences_path}:{number}: user {user}: item {asin!r} is not in the catalogue; "
-                                 "use the catalogue the sequences were built with")
-        num_rows += 1
-    if not num_rows:
-        raise InputError(f"{sequences_path}: no user sequences")
+    return read_prefixes(sequences_path, catalog, holdout)
 
 
 def check_holdout(holdout: int) -> None:
@@ -294,7 +288,7 @@ def check_holdout(holdout: int) -> None:
 
 def _fusion_section(
     tmp: Path, catalog: Catalog, sequences_path: Path, holdout: int, window: int, decay: float,
-    config: FusionConfig | None,
+    config: FusionConfig | None, prefixes: SequenceArrays | None = None,
 ) -> dict[str, Any]:
     """Write the co-purchase statistics into a bundle being built and return the manifest's fusion section.
 
@@ -303,7 +297,7 @@ def _fusion_section(
     """
     out = tmp / COPURCHASE_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    stats = build_copurchase_file(sequences_path, catalog, out, holdout, window, decay)
+    stats = build_copurchase_file(sequences_path, catalog, out, holdout, window, decay, prefixes=prefixes)
     return {
         "file": COPURCHASE_FILE, "holdout": holdout, "window": window, "decay": decay,
         "sequences": sequences_path.name, "sequences_sha256": sha256_file(sequences_path), "nnz": stats.nnz,

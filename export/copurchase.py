@@ -208,11 +208,33 @@ def training_prefixes(sequences: Sequence[UserSequence], catalog: Catalog, holdo
     return out
 
 
+def read_prefixes(sequences_path: Path, catalog: Catalog, holdout: int) -> SequenceArrays:
+    """Every user's catalogue positions without the last ``holdout`` items, streamed into flat arrays.
+
+    Raises:
+        InputError: Naming the line of a malformed row or of an item not in ``catalog``.
+    """
+    positions = {asin: i for i, asin in enumerate(catalog.asins)}  # build side: a dict is the fast bulk lookup
+    return read_sequence_arrays(Path(sequences_path), positions, holdout)
+
+
 def build_copurchase_file(
     sequences_path: Path, catalog: Catalog, out_path: Path, holdout: int,
     window: int = DEFAULT_WINDOW, decay: float = DEFAULT_DECAY, max_block_pairs: int = MAX_BLOCK_PAIRS,
+    prefixes: SequenceArrays | None = None,
 ) -> CoPurchase:
     """Stream sequences, count the statistics of their prefixes block by block and save them atomically.
+
+    Args:
+        sequences_path: ``{"user", "items"}`` JSONL(.gz).
+        catalog: The catalogue the sequences name items of.
+        out_path: The statistics file.
+        holdout: Items cut from the end of every sequence (0 serve, 1 test, 2 validation).
+        window: Successors counted up to this many steps ahead.
+        decay: Weight of a successor ``g`` steps ahead: ``decay ** (g - 1)``.
+        max_block_pairs: Working-memory bound of :func:`count_blocks`.
+        prefixes: :func:`read_prefixes` of the same file and holdout, if the caller read them already (a bundle
+            build reads them before embedding, to fail early); None reads them here.
 
     Returns:
         The saved statistics, opened memory-mapped from ``out_path``.
@@ -221,9 +243,7 @@ def build_copurchase_file(
         InputError: On unreadable sequences, unknown items or bad settings.
     """
     check_settings(len(catalog), window, decay)
-    positions = {asin: i for i, asin in enumerate(catalog.asins)}  # build side: a dict is the fast bulk lookup
-    seqs = read_sequence_arrays(Path(sequences_path), positions, holdout)
-    del positions
+    seqs = prefixes if prefixes is not None else read_prefixes(Path(sequences_path), catalog, holdout)
     blocks = list(count_blocks(seqs, len(catalog), window, decay, max_block_pairs))
     counts = np.concatenate([b.counts for b in blocks])
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

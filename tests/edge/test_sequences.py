@@ -57,11 +57,11 @@ def line(user, items) -> str:
 @pytest.mark.parametrize(
     "content, message",
     [
-        (line("u1", ["A"]) + line(5, ["A"]), "s.jsonl: row 2 needs 'user' (string) and 'items' (list of item ids)"),
-        (line("u1", ["A"]) + "\n" + line("u2", "A"), "s.jsonl: row 2 needs 'user'"),
-        (line("u1", ["A"]) + line("u2", ["A", 3]), "s.jsonl: row 2 needs 'user'"),
-        (line("u1", ["A"]) + line("u2", ["A", "ZZZ"]),
-         "user u2: unknown item 'ZZZ': not in the catalogue; use the catalogue the sequences were built with"),
+        (line("u1", ["A"]) + line(5, ["A"]), "s.jsonl:2: needs 'user' (string) and 'items' (list of item ids)"),
+        (line("u1", ["A"]) + "\n" + line("u2", "A"), "s.jsonl:3: needs 'user'"),
+        (line("u1", ["A"]) + line("u2", ["A", 3]), "s.jsonl:2: needs 'user'"),
+        (line("u1", ["A"]) + "\n\n" + line("u2", ["A", "ZZZ"]),
+         "s.jsonl:4: user u2: item 'ZZZ' is not in the catalogue; use the catalogue the sequences were built with"),
         (line("u1", ["A"]) + "\n" + '{"user": "u2", "items": [}\n', "s.jsonl:3: not valid JSON"),
         (line("u1", ["A"]) + "[1, 2]\n", "s.jsonl:2: expected a JSON object, got list"),
         ("\n\n", "s.jsonl: no user sequences"),
