@@ -9,23 +9,24 @@ JSONL again (the build checked it, the manifest's sizes and hashes guard the fil
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
-import shutil
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import IO
 
 from gloss.edge.arrays import open_arrays, save_arrays
 from gloss.edge.errors import InputError
-from gloss.edge.files import atomic_path, read_jsonl_lines, sha256_file, write_jsonl_atomic
-from gloss.edge.strings import KEY_HASH, KeyLookup, StringArray, StringArrayBuilder, concat, take_rows
+from gloss.edge.files import atomic_path, read_jsonl_lines, sha256_file
+from gloss.edge.strings import KEY_HASH, KeyLookup, StringArray, StringArrayBuilder
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 5  # duplicates named in one error line; the rest are counted
 ARRAYS_FORMAT = 1
+GZIP_LEVEL = 6
 ARRAYS_HINT = "rebuild the bundle with gloss-export bundle"
 TITLE_PREFIX = "Title:"
 
@@ -271,28 +272,15 @@ def load_catalog(path: Path) -> Catalog:
 
 
 def save_catalog(catalog: Catalog, path: Path) -> None:
-    """Write the catalogue as JSONL(.gz), atomically."""
-    write_jsonl_atomic(path, _rows(catalog.asins, catalog.titles))
-
-
-def _rows(asins: StringArray, titles: StringArray) -> Iterable[dict[str, str]]:
-    for asin_chunk, title_chunk in zip(asins.chunks(), titles.chunks(), strict=True):
-        for asin, title in zip(asin_chunk, title_chunk, strict=True):
-            yield {"asin": asin, "title": title}
-
-
-def append_catalog(source_path: Path, out_path: Path, asins: Sequence[str], titles: Sequence[str]) -> None:
-    """Write ``source_path``'s rows followed by new ones to ``out_path``, atomically, without re-encoding the old
-    rows: a ``.gz`` file gets one more gzip member (readers take concatenated members as one stream)."""
-    with atomic_path(Path(out_path)) as tmp:
-        shutil.copyfile(source_path, tmp)
-        new = Path(str(tmp) + ".new" + (".gz" if Path(out_path).suffix == ".gz" else ""))
-        try:
-            write_jsonl_atomic(new, ({"asin": a, "title": t} for a, t in zip(asins, titles, strict=True)))
-            with open(tmp, "ab") as handle, open(new, "rb") as extra:
-                shutil.copyfileobj(extra, handle)
-        finally:
-            new.unlink(missing_ok=True)
+    """Write the catalogue as JSONL(.gz: gzip level 6, a third faster than 9 for 1% more bytes), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        raw: IO[bytes] = gzip.GzipFile(tmp, "wb", compresslevel=GZIP_LEVEL, mtime=0) if path.suffix == ".gz" \
+            else open(tmp, "wb")
+        with raw:
+            for asin_chunk, title_chunk in zip(catalog.asins.chunks(), catalog.titles.chunks(), strict=True):
+                raw.write("".join(json.dumps({"asin": a, "title": t}, ensure_ascii=False) + "\n"
+                                  for a, t in zip(asin_chunk, title_chunk, strict=True)).encode("utf-8"))
 
 
 def save_catalog_arrays(catalog: Catalog, path: Path, source_path: Path | None = None) -> None:
@@ -370,42 +358,3 @@ def open_catalog(path: Path, arrays_path: Path | None = None, source_sha256: str
     if arrays_path is None:
         return load_catalog(path)
     return open_catalog_arrays(arrays_path, source_sha256)
-
-
-def subset_and_extend(catalog: Catalog, keep: np.ndarray, asins: Sequence[str], titles: Sequence[str]) -> Catalog:
-    """The catalogue with only the rows where ``keep`` is True, then new items appended.
-
-    Costs a copy of the kept text and the hashing of the new items only: the kept rows' lookups are renumbered,
-    not rebuilt.
-
-    Args:
-        catalog: The current catalogue.
-        keep: (len(catalog),) bool, False for a retired item.
-        asins: New ids, appended in order.
-        titles: Their titles.
-
-    Raises:
-        InputError: If a new id or title is empty, a new id repeats or is already kept, or nothing remains.
-    """
-    keep = np.asarray(keep, dtype=bool)
-    if len(keep) != len(catalog):
-        raise InputError(f"keep mask of {len(keep)} rows for a catalogue of {len(catalog)}")
-    if not keep.any() and not len(asins):
-        raise InputError("catalogue is empty")
-    new_asins, new_titles = as_string_array(list(asins)), as_string_array(list(titles))
-    if len(new_asins) != len(new_titles):
-        raise InputError(f"{len(new_asins)} new ids but {len(new_titles)} titles")
-    if len(new_asins):
-        check_items(new_asins, new_titles, "new items", "row")
-    kept_rows = np.flatnonzero(keep)
-    old_to_new = np.full(len(catalog), -1, dtype=np.int64)
-    old_to_new[kept_rows] = np.arange(len(kept_rows))
-    asin_lookup = catalog.asin_lookup().renumbered(old_to_new, new_asins)
-    title_lookup = catalog.title_lookup().renumbered(old_to_new, new_titles)
-    result = Catalog.trusted(concat(take_rows(catalog.asins, kept_rows), new_asins),
-                             concat(take_rows(catalog.titles, kept_rows), new_titles), asin_lookup, title_lookup)
-    duplicates = asin_lookup.duplicates(result.asins)
-    if duplicates:
-        shown = ", ".join(repr(result.asins[rows[0]]) for rows in duplicates[:MAX_LISTED])
-        raise InputError(f"{len(duplicates)} new item id(s) already in the catalogue: {shown}")
-    return result

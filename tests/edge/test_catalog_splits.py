@@ -8,14 +8,13 @@ import pytest
 from gloss.edge.catalog import (
     MAX_LISTED,
     Catalog,
-    append_catalog,
     load_catalog,
     open_catalog,
     open_catalog_arrays,
     save_catalog,
     save_catalog_arrays,
-    subset_and_extend,
 )
+from gloss.edge.catalog_update import append_catalog, subset_and_extend
 from gloss.edge.errors import InputError
 from gloss.edge.files import sha256_file
 from gloss.edge.splits import Split, UserSequence, load_sequences, make_examples, validation_users
