@@ -36,7 +36,8 @@ from gloss.edge.bundle import (
     Bundle,
     load_bundle,
 )
-from gloss.edge.catalog import Catalog, append_catalog, save_catalog, save_catalog_arrays, subset_and_extend
+from gloss.edge.catalog import Catalog, save_catalog, save_catalog_arrays
+from gloss.edge.catalog_update import append_catalog, subset_and_extend
 from gloss.edge.copurchase import CoPurchase
 from gloss.edge.errors import InputError
 from gloss.edge.files import read_jsonl
