@@ -40,7 +40,15 @@ from gloss.edge.index_layout import (  # noqa: F401  (re-exported: the index's p
     read_removed,
     save_removed,
 )
-from gloss.edge.vectors import VectorStore, open_vectors, quantize, rank_candidates, top_k_blocked, write_store
+from gloss.edge.vectors import (
+    VectorStore,
+    open_vectors,
+    quantize,
+    rank_candidates,
+    top_k_blocked,
+    top_k_rows,
+    write_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +124,7 @@ class ItemIndex:
         self._graph_path: Path | None = None
         self._view = True
         self._cache: np.ndarray | None = None
+        self._tail: tuple[int, np.ndarray] | None = None  # (first position, float32 rows) after the graph
         self.files: dict[str, Any] = {}  # relative paths of the saved files: segments, removed, graph
 
     @classmethod
@@ -299,7 +308,8 @@ class ItemIndex:
         return self._cached() if self._cache_fits() else self.store
 
     def _cache_fits(self) -> bool:
-        return len(self) * self.dim * 4 <= EXACT_CACHE_BYTES
+        # Only an exact index keeps the float32 matrix: an HNSW one never converts it whole (--exact scans blocks).
+        return self.kind == "exact" and len(self) * self.dim * 4 <= EXACT_CACHE_BYTES
 
     def _cached(self) -> np.ndarray:
         if self._cache is None:
@@ -371,6 +381,9 @@ class ItemIndex:
         candidates = graph_candidates(graph, queries, count, self.hnsw, store.positions_of)
         tail_start = self.graph_rows - removed_in_graph  # first position the graph does not cover
         if tail_start < len(store):
-            tail, _ = top_k_blocked(store, queries, min(k, len(store) - tail_start), start=tail_start)
+            # Rows an update appended after the graph (at most TAIL_MAX_ROWS): scanned exactly, kept as float32.
+            if self._tail is None or self._tail[0] != tail_start:
+                self._tail = (tail_start, store.rows(np.arange(tail_start, len(store))))
+            tail, _ = top_k_rows(queries @ self._tail[1].T, min(k, len(store) - tail_start), offset=tail_start)
             candidates = np.hstack([candidates, tail])
         return rank_candidates(store, queries, candidates, k)

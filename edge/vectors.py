@@ -323,13 +323,13 @@ def top_k_blocked(store: VectorStore, queries: np.ndarray, k: int, start: int = 
     best_sim = np.zeros((len(queries), 0), dtype=np.float32)
     for first, rows in store.blocks(block_rows, start):
         sims = queries @ rows.T
-        pos, sim = _top_k(sims, min(k, sims.shape[1]), offset=first)
+        pos, sim = top_k_rows(sims, min(k, sims.shape[1]), offset=first)
         best_pos, best_sim = _merge(best_pos, best_sim, pos, sim, k)
     return best_pos, best_sim
 
 
-def _top_k(sims: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` columns per row, similarity descending then column ascending (ties: all kept, then cut)."""
+def top_k_rows(sims: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` columns (+ ``offset``) per row of a similarity block, similarity descending then column ascending."""
     kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
     rows, cols = np.nonzero(sims >= kth[:, None])
     return _first_k(rows, cols + offset, sims[rows, cols], len(sims), k)
