@@ -48,6 +48,7 @@ from gloss.edge.logs import setup_logging
 from gloss.edge.metrics import ndcg_at_k, rank_of
 from gloss.edge.recommend import RetrievalConfig
 from gloss.edge.splits import Example, Split, load_sequences, make_examples, validation_users
+from gloss.edge.vectors import VectorStore, open_vectors
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,10 +189,10 @@ def retrieval_part(data_dir: Path, queries_path: Path, work: Path) -> dict[str, 
         queries_of[emb_name] = memo._vectors
         sizes[f"embedder {emb_name}"] = (folder / MODEL_NAME).stat().st_size
         for dtype in INDEX_DTYPES:
-            path = work / f"index-{emb_name}-{dtype}.usearch"
-            ItemIndex.build(vectors_of[emb_name], show_progress=False, dtype=dtype).save(path)
-            sizes[f"index {emb_name} {dtype}"] = path.stat().st_size
-            index = ItemIndex.load(path)
+            section = ItemIndex.build(vectors_of[emb_name], show_progress=False, dtype=dtype).save(
+                work, f"index-{emb_name}-{dtype}")
+            sizes[f"index {emb_name} {dtype}"] = (work / section["file"]).stat().st_size
+            index = ItemIndex.open(work, section)
             fusion = FusionRanker(catalog, index, copurchase, FusionConfig())
             for task, (cases, config, use_fusion) in tasks.items():
                 ranks[(emb_name, dtype, task)] = rank_all(cases, catalog, memo, index, config,
@@ -307,7 +308,7 @@ def generator_part(data_dir: Path, work: Path, num_prompts: int, num_users: int)
     # Beams only for the quantized files (F16 decodes slowest on CPU); their reference is Q8_0, the default.
     cases = generate_round_robin({name: paths[name] for name in METHODS}, sample, catalog, work)
     embedder = OnnxEmbedder.load(export_embedders(work)["fp32"])
-    index = ItemIndex.load(work / "index-fp32-f32.usearch")  # written by the retrieval part
+    index = ItemIndex.create(VectorStore([open_vectors(work / "index-fp32-f32" / "vectors.npy")]))  # retrieval part
     fusion = FusionRanker(catalog, index, copurchase_holdout2(data_dir, catalog, work), FusionConfig())
     paper = RetrievalConfig(k=10, per_query=1)
     ranks = {(name, rule): rank_all(cases[name], catalog, embedder, index, paper, fusion if rule == "fusion" else None)

@@ -137,7 +137,7 @@ def add_rows(graph: Any, store: VectorStore, start: int, stop: int, config: Hnsw
              show_progress: bool | None = None) -> None:
     """Add physical rows ``start..stop - 1`` of ``store`` to ``graph`` (keys = row numbers), a chunk at a time."""
     disable = not progress_enabled(show_progress, logger)
-    with tqdm(total=stop - start, desc="hnsw graph", unit="item", disable=disable) as bar:
+    with tqdm(total=stop - start, desc="index", unit="item", disable=disable) as bar:  # the graph is the index build
         for begin in range(start, stop, ADD_CHUNK):
             rows = np.arange(begin, min(begin + ADD_CHUNK, stop), dtype=np.int64)
             block = np.asarray(store.stored_rows(rows), dtype=np.float32)

@@ -228,7 +228,9 @@ class ItemIndex:
         """
         root = Path(root)
         if "segments" not in section:  # a bundle of gloss <= issue 15
-            return cls.open_legacy(root / section["file"], exact=exact)
+            legacy = cls.open_legacy(root / section["file"], exact=exact)
+            legacy.files = {"legacy": section["file"]}
+            return legacy
         facts = index_facts(root, section)
         store = VectorStore([open_vectors(root / seg["file"]) for seg in section["segments"]],
                             read_removed(root, section))

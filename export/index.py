@@ -59,7 +59,8 @@ def write_index(
     if index.kind == "hnsw":
         index.write_graph(Path(bundle_dir), GRAPH_FILE)
     index_s = time.perf_counter() - started
-    logger.info("index: %s over %d items (%.1f s after embedding)", index.kind, len(index), index_s)
+    logger.info("saved index %s: %s search over %d items (%.1f s after embedding)", INDEX_DIR, index.kind, len(index),
+                index_s)
     return {**index.section(), "item_text": ITEM_TEXT, "build": {"embed": stats, "index_s": round(index_s, 3)}}
 
 
@@ -104,8 +105,9 @@ def update_index(
         segments.append(quantize(np.asarray(new_vectors, dtype=np.float32), store.stored_dtype))
     updated = VectorStore(segments, all_removed)
     kind = "hnsw" if index.kind == "hnsw" or choose_kind(len(updated)) == "hnsw" else "exact"
-    old_files = set(index_files(index.section()))
-    compact = len(segments) > MAX_SEGMENTS or len(all_removed) > REMOVED_MAX_FRACTION * updated.num_physical
+    legacy = "segments" not in index.files  # an index.usearch of gloss <= issue 15: rewritten in this layout
+    old_files = {index.files["legacy"]} if legacy else set(index_files(index.section()))
+    compact = legacy or len(segments) > MAX_SEGMENTS or len(all_removed) > REMOVED_MAX_FRACTION * updated.num_physical
     if compact:
         logger.info("index: rewriting the vectors as one file (%d segments, %d removed rows)", len(segments),
                     len(all_removed))

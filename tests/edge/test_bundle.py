@@ -431,3 +431,36 @@ def test_exact_flag_searches_every_item_of_an_hnsw_bundle(tiny_embedder_dir: Pat
     matrix = np.asarray(bundle.open_index().vectors())
     order = np.argsort(-(queries @ matrix.T), axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(found, order)
+
+
+def test_a_bundle_of_the_old_layout_still_loads_and_searches_the_same(built_bundle: Path, tmp_path: Path) -> None:
+    """Before issue 16 a bundle held one index.usearch (vectors + unused graph) and no index.kind: it loads,
+    searched exactly, with the results of the new layout."""
+    from gloss.edge.bundle import LEGACY_INDEX_FILE
+    from gloss.edge.hnsw import usearch_index_class
+
+    old_dir = Path(shutil.copytree(built_bundle, tmp_path / "old"))
+    new = load_bundle(built_bundle)
+    vectors = np.asarray(new.open_index().vectors())
+    raw = usearch_index_class()(ndim=vectors.shape[1], metric="ip", dtype="f16")
+    raw.add(np.arange(len(vectors), dtype=np.uint64), vectors)
+    raw.save(str(old_dir / LEGACY_INDEX_FILE))
+    shutil.rmtree(old_dir / "index")
+    section = {"file": LEGACY_INDEX_FILE, "dim": vectors.shape[1], "metric": "ip", "dtype": "f16",
+               "num_items": len(vectors), "item_text": new.manifest["index"]["item_text"]}
+    entries = file_entries(old_dir)
+    edit_manifest(old_dir, lambda m: m.update(index=section, files=entries))
+    old = load_bundle(old_dir)
+    index = old.open_index()
+    assert index.kind == "exact" and len(index) == len(new.catalog)
+    queries = vectors[::13]
+    np.testing.assert_array_equal(index.search(queries, 10)[0], new.open_index().search(queries, 10)[0])
+    # An update rewrites it in the current layout.
+    from gloss.export.update import update_bundle
+
+    gone = tmp_path / "gone.txt"
+    gone.write_text(new.catalog.asins[0] + "\n")
+    update_bundle(old_dir, remove_path=gone)
+    updated = load_bundle(old_dir, rehash=True)
+    assert updated.manifest["index"]["file"] == INDEX_FILE and not (old_dir / LEGACY_INDEX_FILE).exists()
+    np.testing.assert_array_equal(np.asarray(updated.open_index().vectors()), vectors[1:])

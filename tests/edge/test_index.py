@@ -311,3 +311,22 @@ def test_vector_file_is_written_in_chunks_and_hashed_as_written(tmp_path: Path, 
     ) as short:
         short.write(items[:5])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npy", "v.npy"]
+
+
+def test_new_f16_storage_searches_exactly_like_the_old_usearch_file(tmp_path: Path, items: np.ndarray) -> None:
+    """Bundles before issue 16 stored the vectors in a usearch f16 file and searched them exactly as float32: the
+    .npy path stores the same f16 values and returns the same positions and similarities, bit for bit."""
+    from gloss.edge.hnsw import usearch_index_class
+
+    old = usearch_index_class()(ndim=items.shape[1], metric="ip", dtype="f16")
+    old.add(np.arange(len(items), dtype=np.uint64), items)
+    old.save(str(tmp_path / "index.usearch"))
+    legacy = ItemIndex.open_legacy(tmp_path / "index.usearch")
+    new = ItemIndex.build(items, show_progress=False, dtype="f16")
+    np.testing.assert_array_equal(np.asarray(legacy.vectors()), np.asarray(new.vectors()))
+    queries = np.vstack([unit_vectors(40, 24, seed=16), items[:5]])
+    for k in (1, 10, 50):
+        got, got_sims = new.search(queries, k)
+        want, want_sims = legacy.search(queries, k)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_sims, want_sims)
