@@ -258,3 +258,23 @@ def test_bundle_checks_sequences_against_the_catalogue_before_embedding(embedder
     with pytest.raises(InputError, match=r"seq\.jsonl:1: needs 'user' \(string\) and 'items'"):
         build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, sequences_path=bad)
     assert not (tmp_path / "b").exists()
+
+
+def test_streamed_build_gives_the_vectors_of_one_embedding_call(embedder_dir: Path, tmp_path: Path) -> None:
+    """Titles embedded 37 at a time and streamed to disk: the same stored vectors and search results as embedding
+    the whole catalogue in one call (the build's manifest hashes match the files, though nothing re-read them)."""
+    from gloss.export.embedder import EmbedRun
+
+    streamed = load_bundle(build_bundle(CATALOG_PATH, tmp_path / "s", embedder_dir=embedder_dir,
+                                        embed_run=EmbedRun(chunk_size=37, batch_size=8, threads=1)), rehash=True)
+    catalog = load_catalog(CATALOG_PATH)
+    one_call = OnnxEmbedder.load(embedder_dir).embed([render_item(t) for t in catalog.titles])
+    vectors = np.asarray(streamed.open_index().vectors())
+    np.testing.assert_allclose(vectors, one_call.astype(np.float16).astype(np.float32), atol=2.0**-11)
+    reference = load_bundle(build_bundle(CATALOG_PATH, tmp_path / "r", embedder_dir=embedder_dir))
+    queries = one_call[::11]
+    np.testing.assert_array_equal(streamed.open_index().search(queries, 10)[0],
+                                  reference.open_index().search(queries, 10)[0])
+    build = streamed.manifest["index"]["build"]
+    assert build["embed"]["batch_size"] == 8 and build["embed"]["threads"] == 1
+    assert streamed.manifest["index"]["kind"] == "exact" and "graph" not in streamed.manifest["index"]

@@ -337,3 +337,19 @@ def test_update_policies_still_equal_a_rebuild(setup, base_bundle, full_catalog,
     found, _ = index.search(queries, 10)  # the bundle's own kind: approximate for hnsw
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist(), strict=True)])
     assert overlap >= 0.99
+
+
+def test_update_copies_where_hard_links_are_impossible(base_bundle, full_catalog, tmp_path, monkeypatch):
+    """Another file system (EXDEV) or a file owned by someone else (EPERM): the unchanged files are copied."""
+    import errno
+    import os
+
+    def no_link(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    before = inodes(base_bundle)
+    monkeypatch.setattr(os, "link", no_link)
+    update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path))
+    after = inodes(base_bundle)
+    assert after["index/vectors.npy"] != before["index/vectors.npy"]
+    assert load_bundle(base_bundle, rehash=True).manifest["index"]["num_items"] == len(full_catalog)
