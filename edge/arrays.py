@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import mmap
+import os
 import struct
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,34 @@ def _write(handle: Any, array: np.ndarray, chunk_bytes: int = 64 << 20) -> None:
         handle.write(flat[begin : begin + step].tobytes())
 
 
+class ArrayFile:
+    """The arrays of one file, memory-mapped, plus positional reads of a few elements.
+
+    Reading through the map costs more resident memory than it reads: each page fault maps the ~64 KB around it
+    already in the page cache (fault-around), so a server answering requests from random rows of a large file
+    slowly maps all of it. :meth:`read` copies just the elements asked for (``os.pread``) and maps nothing.
+
+    Attributes:
+        arrays: Name -> read-only array over the map.
+        meta: The file's JSON metadata.
+    """
+
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                 specs: dict[str, tuple[np.dtype, tuple[int, ...], int]]) -> None:
+        self.path, self.arrays, self.meta, self._specs = path, arrays, meta, specs
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        weakref.finalize(self, os.close, self._fd)
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``start:stop`` of a 1-D array, read from the file (clipped to the array)."""
+        dtype, shape, offset = self._specs[name]
+        start, stop = max(0, start), min(stop, shape[0] if shape else 0)
+        if stop <= start:
+            return np.zeros(0, dtype=dtype)
+        data = os.pread(self._fd, (stop - start) * dtype.itemsize, offset + start * dtype.itemsize)
+        return np.frombuffer(data, dtype=dtype)
+
+
 def open_arrays(path: Path, what: str, hint: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Map the arrays of a file written by :func:`save_arrays` (read-only views, nothing read yet).
 
@@ -90,6 +120,16 @@ def open_arrays(path: Path, what: str, hint: str) -> tuple[dict[str, np.ndarray]
 
     Returns:
         ``(arrays, meta)``.
+
+    Raises:
+        InputError: If the file is missing, not of this layout, or shorter than its header says.
+    """
+    opened = open_array_file(path, what, hint)
+    return opened.arrays, opened.meta
+
+
+def open_array_file(path: Path, what: str, hint: str) -> ArrayFile:
+    """Like :func:`open_arrays`, keeping the file open for :meth:`ArrayFile.read`.
 
     Raises:
         InputError: If the file is missing, not of this layout, or shorter than its header says.
@@ -105,19 +145,19 @@ def open_arrays(path: Path, what: str, hint: str) -> tuple[dict[str, np.ndarray]
         try:
             header = json.loads(handle.read(header_len).decode("utf-8"))
             table, meta = header["arrays"], header["meta"]
-            specs = {name: (np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"]), int(spec["offset"]))
+            start = _aligned(PREFIX.size + header_len)
+            specs = {name: (np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"]), start + int(spec["offset"]))
                      for name, spec in table.items()}
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: unreadable {what} header ({exc}); {hint}") from None
         size = handle.seek(0, 2)
-        start = _aligned(PREFIX.size + header_len)
         for name, (dtype, shape, offset) in specs.items():
-            end = start + offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            if offset < 0 or end > size:
+            end = offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            if offset < start or end > size:
                 raise InputError(f"{path}: {what} is truncated ({size} bytes, array {name!r} ends at {end}); {hint}")
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    arrays = {name: _view(buffer, dtype, shape, start + offset) for name, (dtype, shape, offset) in specs.items()}
-    return arrays, meta
+    arrays = {name: _view(buffer, dtype, shape, offset) for name, (dtype, shape, offset) in specs.items()}
+    return ArrayFile(path, arrays, meta, specs)
 
 
 def _view(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:

@@ -17,7 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from gloss.edge.arrays import open_arrays, save_arrays
+import numpy as np
+
+from gloss.edge.arrays import open_array_file, save_arrays
 from gloss.edge.errors import InputError
 from gloss.edge.files import atomic_path, read_jsonl_lines, sha256_file
 from gloss.edge.strings import KEY_HASH, KeyLookup, StringArray, StringArrayBuilder
@@ -304,8 +306,8 @@ def save_catalog_arrays(catalog: Catalog, path: Path, source_path: Path | None =
     }  # fmt: skip
     save_arrays(path, {
         "asin_blob": asin_blob, "asin_offsets": asin_offsets, "title_blob": title_blob, "title_offsets": title_offsets,
-        "asin_hashes": asin_lookup.hashes, "asin_rows": asin_lookup.rows,
-        "title_hashes": title_lookup.hashes, "title_rows": title_lookup.rows,
+        "asin_hashes": asin_lookup.hashes, "asin_rows": asin_lookup.rows, "asin_fence": asin_lookup.fence(),
+        "title_hashes": title_lookup.hashes, "title_rows": title_lookup.rows, "title_fence": title_lookup.fence(),
     }, meta)  # fmt: skip
 
 
@@ -320,7 +322,8 @@ def open_catalog_arrays(path: Path, source_sha256: str | None = None) -> Catalog
         InputError: If the file is missing, truncated, of another format or inconsistent, or was made from
             another JSONL than ``source_sha256`` names.
     """
-    arrays, meta = open_arrays(Path(path), "compact catalogue", ARRAYS_HINT)
+    opened = open_array_file(Path(path), "compact catalogue", ARRAYS_HINT)
+    arrays, meta = opened.arrays, opened.meta
     if meta.get("format") != ARRAYS_FORMAT or meta.get("key_hash") != KEY_HASH:
         raise InputError(f"{path}: compact catalogue format {meta.get('format')!r} / {meta.get('key_hash')!r}, "
                          f"expected {ARRAYS_FORMAT} / {KEY_HASH}; {ARRAYS_HINT}")
@@ -333,12 +336,16 @@ def open_catalog_arrays(path: Path, source_sha256: str | None = None) -> Catalog
     )
     if not shapes_ok:
         raise InputError(f"{path}: compact catalogue arrays do not fit together; {ARRAYS_HINT}")
-    titles = StringArray(arrays["title_blob"], arrays["title_offsets"], fingerprint=meta.get("titles_sha256"))
-    return Catalog.trusted(
-        StringArray(arrays["asin_blob"], arrays["asin_offsets"]), titles,
-        asin_lookup=KeyLookup(arrays["asin_hashes"], arrays["asin_rows"]),
-        title_lookup=KeyLookup(arrays["title_hashes"], arrays["title_rows"]),
-    )
+    # single rows and lookups read the file (a few KB each) rather than map pages around every access
+    columns, lookups = {}, {}
+    for c in ("asin", "title"):
+        columns[c] = StringArray(arrays[f"{c}_blob"], arrays[f"{c}_offsets"],
+                                 source=(opened, f"{c}_blob", f"{c}_offsets"))
+        fence = np.array(arrays[f"{c}_fence"]) if f"{c}_fence" in arrays else None  # 16 KB a million items
+        source = (opened, fence, f"{c}_hashes", f"{c}_rows") if fence is not None else None
+        lookups[c] = KeyLookup(arrays[f"{c}_hashes"], arrays[f"{c}_rows"], source)
+    columns["title"].fingerprint = meta.get("titles_sha256")
+    return Catalog.trusted(columns["asin"], columns["title"], lookups["asin"], lookups["title"])
 
 
 _ARRAY_NAMES = tuple(f"{c}_{a}" for c in ("asin", "title") for a in ("blob", "offsets", "hashes", "rows"))

@@ -18,7 +18,7 @@ from typing import Union
 
 import numpy as np
 
-from gloss.edge.arrays import open_arrays, save_arrays
+from gloss.edge.arrays import ArrayFile, open_array_file, save_arrays
 from gloss.edge.errors import InputError
 from gloss.edge.files import check_input_file
 
@@ -99,6 +99,7 @@ class CoPurchase:
     sums: np.ndarray | None = field(default=None, repr=False, compare=False)
     trusted: bool = field(default=False, repr=False, compare=False)
     _derived: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _file: ArrayFile | None = field(default=None, init=False, repr=False, compare=False)  # set by load
 
     def __post_init__(self) -> None:
         num_items = len(self.popularity)
@@ -135,16 +136,19 @@ class CoPurchase:
         Raises:
             InputError: If the row's stored offsets or successors are impossible (a damaged file).
         """
-        start, end = int(self.indptr[item]), int(self.indptr[item + 1])
+        bounds = self._file.read("indptr", item, item + 2) if self._file else self.indptr[item : item + 2]
+        start, end = (int(b) for b in bounds) if len(bounds) == 2 else (0, -1)
         if not 0 <= start <= end <= self.nnz:
             raise InputError(f"co-purchase: row {item} has offsets {start}..{end} outside 0..{self.nnz}; {BUILD_HINT}")
         if limit is not None:
             end = min(end, start + limit)
-        successors = self.indices[start:end]
+        # from a file: read the row (mapping it would map ~64 KB around each page touched, per request)
+        successors = self._file.read("indices", start, end) if self._file else self.indices[start:end]
+        counts = self._file.read("data", start, end) if self._file else self.data[start:end]
         if self.trusted and len(successors) and (successors.min() < 0 or successors.max() >= self.num_items):
             raise InputError(f"co-purchase: row {item} names an item outside 0..{self.num_items - 1}; {BUILD_HINT}")
-        total = self.sums[item]  # type: ignore[index]
-        probs = self.data[start:end] / total if total > 0 else self.data[start:end] * 0.0
+        total = self._file.read("row_sums", item, item + 1)[0] if self._file else self.sums[item]  # type: ignore[index]
+        probs = counts / total if total > 0 else counts * 0.0
         return successors, probs.astype(np.float64)
 
     def scaled_popularity(self) -> np.ndarray:
@@ -208,13 +212,16 @@ class CoPurchase:
             if handle.read(2) == b"PK":  # a zip: the format-1 .npz
                 raise InputError(f"{path}: co-purchase format 1 (a compressed .npz), expected {COPURCHASE_FORMAT} "
                                  f"(memory-mapped); {BUILD_HINT}")
-        arrays, meta = open_arrays(path, "co-purchase file", BUILD_HINT)
+        opened = open_array_file(path, "co-purchase file", BUILD_HINT)
+        arrays, meta = opened.arrays, opened.meta
         version = meta.get("format_version")
         if version != COPURCHASE_FORMAT:
             raise InputError(f"{path}: co-purchase format {version!r}, expected {COPURCHASE_FORMAT}; {BUILD_HINT}")
         wrong = [n for n, dtype in ARRAYS.items() if n not in arrays or arrays[n].dtype != dtype or arrays[n].ndim != 1]
         if wrong or not isinstance(meta.get("window"), int) or not isinstance(meta.get("decay"), float):
             raise InputError(f"{path}: co-purchase file lacks or mistypes {wrong or ['window/decay']}; {BUILD_HINT}")
-        return cls(indptr=arrays["indptr"], indices=arrays["indices"], data=arrays["data"],
-                   popularity=arrays["popularity"], window=meta["window"], decay=meta["decay"],
-                   sums=arrays["row_sums"], trusted=True)
+        stats = cls(indptr=arrays["indptr"], indices=arrays["indices"], data=arrays["data"],
+                    popularity=arrays["popularity"], window=meta["window"], decay=meta["decay"],
+                    sums=arrays["row_sums"], trusted=True)
+        object.__setattr__(stats, "_file", opened)
+        return stats

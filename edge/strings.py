@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 KEY_HASH = "blake2b-64"  # recorded in a saved lookup: another hash would find nothing
 CHUNK = 1 << 16  # strings decoded per batch when iterating
+FENCE = 512  # a lookup keeps every FENCE-th hash in memory and reads the 4 KB block between two of them
 ENCODING_ERRORS = "surrogatepass"  # JSON may hold a lone surrogate (\ud800); keep it rather than fail
 
 
@@ -40,13 +41,19 @@ class StringArray(Sequence[str]):
     Args:
         blob: The concatenated UTF-8 bytes (``bytes`` or a uint8 array, possibly memory-mapped).
         offsets: (len + 1,) int64 offsets into ``blob``, non-decreasing.
+        fingerprint: Cached :func:`gloss.edge.trie.catalog_fingerprint` of the strings, if known.
+        source: ``(file, blob name, offsets name)`` when ``blob`` and ``offsets`` map those arrays of a
+            :class:`gloss.edge.arrays.ArrayFile`: single strings are then read from the file rather than through
+            the map (see :class:`~gloss.edge.arrays.ArrayFile` on why); bulk reads still use the map.
     """
 
-    __slots__ = ("_blob", "_offsets", "fingerprint")
+    __slots__ = ("_blob", "_offsets", "_source", "fingerprint")
 
-    def __init__(self, blob: Any, offsets: np.ndarray, fingerprint: str | None = None) -> None:
+    def __init__(self, blob: Any, offsets: np.ndarray, fingerprint: str | None = None,
+                 source: tuple[Any, str, str] | None = None) -> None:
         self._blob = memoryview(blob).cast("B") if not isinstance(blob, memoryview) else blob
         self._offsets = offsets
+        self._source = source
         self.fingerprint = fingerprint  # cached catalog_fingerprint of these strings (gloss.edge.trie)
 
     @classmethod
@@ -94,10 +101,14 @@ class StringArray(Sequence[str]):
             i += size
         if not 0 <= i < size:
             raise IndexError(f"string index {index} out of range for {size} strings")
-        return str(self._blob[int(self._offsets[i]) : int(self._offsets[i + 1])], "utf-8", ENCODING_ERRORS)
+        return str(self.encoded(i), "utf-8", ENCODING_ERRORS)
 
     def encoded(self, index: int) -> bytes:
-        """String ``index`` as UTF-8 bytes (no decoding)."""
+        """String ``index`` (0 <= index < len) as UTF-8 bytes (no decoding)."""
+        if self._source is not None:
+            file, blob_name, offsets_name = self._source
+            start, stop = (int(v) for v in file.read(offsets_name, index, index + 2))
+            return file.read(blob_name, start, stop).tobytes()
         return bytes(self._blob[int(self._offsets[index]) : int(self._offsets[index + 1])])
 
     def chunks(self, size: int = CHUNK) -> Iterator[list[str]]:
@@ -145,10 +156,14 @@ class KeyLookup:
     Args:
         hashes: (n,) uint64 key hashes, sorted.
         rows: (n,) row of each hash; rows with equal hashes in increasing order.
+        source: ``(file, fence, hashes name, rows name)`` when the arrays map an
+            :class:`gloss.edge.arrays.ArrayFile` that also stores ``fence = hashes[::FENCE]``: a lookup then
+            reads one block of hashes from the file instead of faulting pages all over the map.
     """
 
-    def __init__(self, hashes: np.ndarray, rows: np.ndarray) -> None:
-        self.hashes, self.rows = hashes, rows
+    def __init__(self, hashes: np.ndarray, rows: np.ndarray, source: tuple[Any, np.ndarray, str, str] | None = None,
+                 ) -> None:
+        self.hashes, self.rows, self._source = hashes, rows, source
 
     @classmethod
     def build(cls, strings: StringArray, hashes: np.ndarray | None = None) -> KeyLookup:
@@ -160,13 +175,37 @@ class KeyLookup:
         dtype = np.int32 if len(strings) < 2**31 else np.int64
         return cls(hashes[order], order.astype(dtype))
 
+    def fence(self) -> np.ndarray:
+        """Every ``FENCE``-th hash (what a saved lookup stores for :meth:`find` from a file)."""
+        return np.ascontiguousarray(self.hashes[::FENCE])
+
     def find(self, strings: StringArray, key: str) -> int:
         """First row whose string is ``key``, or -1."""
         data = key.encode("utf-8", ENCODING_ERRORS)
         target = np.uint64(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little"))
+        if self._source is not None:
+            return self._find_in_file(strings, data, target)
         at = int(np.searchsorted(self.hashes, target))
         while at < len(self.hashes) and self.hashes[at] == target:
             row = int(self.rows[at])
+            if strings.encoded(row) == data:
+                return row
+            at += 1
+        return -1
+
+    def _find_in_file(self, strings: StringArray, data: bytes, target: np.uint64) -> int:
+        file, fence, hashes_name, rows_name = self._source  # type: ignore[misc]
+        size = len(self.hashes)
+        block = int(np.searchsorted(fence, target))  # hashes[block * FENCE] >= target: the first match is before
+        low = max(0, (block - 1) * FENCE)
+        hashes = file.read(hashes_name, low, min(size, block * FENCE + 1))
+        at = low + int(np.searchsorted(hashes, target))
+        while at < size:
+            if at - low >= len(hashes):  # equal hashes run past the block (repeated titles)
+                low, hashes = at, file.read(hashes_name, at, at + FENCE)
+            if hashes[at - low] != target:
+                return -1
+            row = int(file.read(rows_name, at, at + 1)[0])
             if strings.encoded(row) == data:
                 return row
             at += 1

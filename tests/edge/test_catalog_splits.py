@@ -289,3 +289,18 @@ def test_item_texts_view_equals_the_dict_it_replaced(tricky_catalog):
     assert "Plain" not in view and "Title: plain" not in view and 3 not in view
     with pytest.raises(KeyError):
         view["Title: nothing"]
+
+
+@pytest.mark.parametrize("fence", [1, 2, 3, 512])
+def test_lookups_read_from_the_file_equal_the_mapped_ones(tmp_path: Path, monkeypatch, fence):
+    from gloss.edge import strings
+
+    monkeypatch.setattr(strings, "FENCE", fence)
+    titles = [f"t{i % 7}" if i % 3 else f"unique {i}" for i in range(60)]  # runs of equal title hashes
+    catalog = Catalog(tuple(f"A{i}" for i in range(60)), tuple(titles))
+    save_catalog_arrays(catalog, tmp_path / "c.bin")
+    opened = open_catalog_arrays(tmp_path / "c.bin")
+    for text in [*titles, "t7", "unique 1", "nothing"]:
+        assert opened.find_title(text) == (titles.index(text) if text in titles else -1)
+    assert [opened.find(f"A{i}") for i in range(61)] == [*range(60), -1]
+    assert [opened.titles[i] for i in range(60)] == titles and opened.asins[-1] == "A59"
