@@ -326,7 +326,17 @@ def markdown(results: dict[str, Any]) -> str:
     """The Markdown report: one row per stage and size."""
     lines = ["# Catalogue, sequences and co-purchase stages at scale", "", f"Command: `{results['command']}`",
              f"Machine: {results['machine']}. Legacy = the same stage in the tree at {results['legacy_commit']} "
-             "(before issue 16).", "", "| size | stage | seconds | peak RSS MB | details |", "|---|---|---|---|---|"]
+             "(before issue 16).",
+             "Data: `synth-N` = benchmarks/synth_catalog.py (walks stay within one copy of the real catalogue, "
+             "like the scale benchmark); `spread-N` = `synth` of this script (each step goes to a random copy of a "
+             "real "
+             "successor: the most distinct pairs, the worst case for the statistics' size).",
+             "Stages run in their own child process; peak RSS is that child's `ru_maxrss` (imports included, "
+             "~30 MB). "
+             "`copurchase` includes streaming the sequences; `copurchase_open` = open the statistics and the compact "
+             "catalogue, set up the fusion ranker and rank 200 users' histories over a stub index (no search, no "
+             "vectors: that part is benchmarks/scale.py's).",
+             "", "| size | stage | seconds | peak RSS MB | details |", "|---|---|---|---|---|"]
     for label, size in results["sizes"].items():
         for name in STAGES:
             if name not in size:
@@ -336,6 +346,15 @@ def markdown(results: dict[str, Any]) -> str:
                                 if k not in ("seconds", "peak_rss_mb"))
             lines.append(f"| {label} ({size['items']:,} items) | {name} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} "
                          f"| {details} |")
+    lines += ["", "Side by side (new / pre-issue-16 code, seconds and peak RSS MB of the child process):", ""]
+    for label, size in results["sizes"].items():
+        pairs = [("cold catalogue", "catalog_open", "catalog_parse_legacy"),
+                 ("co-purchase build", "copurchase", "copurchase_legacy"),
+                 ("co-purchase open (new: and 200 fusion requests)", "copurchase_open", "copurchase_open_legacy")]
+        for what, new, old in pairs:
+            if new in size and old in size:
+                lines.append(f"- {label}, {what}: {size[new]['seconds']:.2f} s / {size[new]['peak_rss_mb']:.0f} MB vs "
+                             f"{size[old]['seconds']:.2f} s / {size[old]['peak_rss_mb']:.0f} MB")
     return "\n".join(lines) + "\n"
 
 
