@@ -113,7 +113,7 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown."""
     rows, details = report["sizes"], report["details"]
     lines = ["# Scale: synthetic catalogues of 12k-10M items (issue 16)", "",
-             f"Command (last invocation): `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             f"Command (each run that measured a row): `{report['command']}`  ", f"Machine: {report['machine']}  ",
              "Default bundle without the LLM (`gloss-export bundle --catalog --sequences --out-dir`), the CLI's own "
              "processes; MB = MiB; peak RSS of the process tree polled every 50 ms (and the kernel's VmHWM); cold "
              "runs with a warm page cache (dropping it needs root); serve latency from one loopback client, one "
@@ -122,6 +122,8 @@ def markdown(report: dict[str, Any]) -> str:
     for row in rows:
         mark = " (memory only)" if details[str(row["items"])].get("memory_only") else ""
         lines.append("| " + " | ".join(_cell(row[k]) + (mark if k == "items" else "") for k in ROW_KEYS) + " |")
+    if report.get("note"):
+        lines += ["", f"Note: {report['note']}"]
     lines += ["", "## Fitted exponents (cost ~ N^b, least squares on log-log over the timed sizes)", "",
               "| cost | b |", "|---|---|"]
     lines += [f"| {key} | {value:.2f} |" for key, value in report["exponents"].items()]
@@ -130,8 +132,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {g['goal']} | {_cell(g['value'])} | {g['status']} | {g['how']} |" for g in report["goals"]]
     lines += ["", "## Details per size", "",
               "| items | users | interactions/item | build stages (s) | build CPU s | embed in build (titles/s) | "
-              "build / embed alone | update CPU s | update peak RSS | serve peak RSS | index | load avg | code | "
-              "measured |", "|" + "---|" * 14]
+              "build / embed alone | update CPU s | update peak RSS | serve p50 new conn. / app (ms) | "
+              "serve peak RSS | index | load avg | code | measured |", "|" + "---|" * 15]
     for row in rows:
         d = details[str(row["items"])]
         synth = d.get("synthetic", {}).get("stats", {})
@@ -139,14 +141,19 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {row['items']:,} | {_cell(synth.get('users'))} | {_cell(synth.get('interactions_per_item'))}"
                      f" | {stages} | {_cell(d.get('build_cpu_s'))} | {_cell(d.get('embed_in_build_titles_per_s'))} | "
                      f"{_cell(d.get('build_over_embed_alone'))} | {_cell(d.get('update_cpu_s'))} | "
-                     f"{_cell(d.get('update_peak_rss_mb'))} | "
+                     f"{_cell(d.get('update_peak_rss_mb'))} | {_cell(d.get('serve_fresh_conn_p50_ms'))} / "
+                     f"{_cell(d.get('serve_app_p50_ms'))} | "
                      f"{_cell(d.get('serve_peak_rss_mb'))} | {d.get('index_search')} | {d.get('load_avg_at_build')} "
                      f"| {d.get('code')} | {d.get('measured_at')} |")
     lines += ["", "Stage times come from the build's stderr (stamped on arrival): embed = after the embedder export "
               "until the index bar starts (tokenising included), index = until the index is saved, copurchase = "
               "from there to the end of the build (reading sequences, counting, saving, the manifest's checksums). "
               "`embed_titles_per_s` is the bundle's embedder alone on 10,000 titles in a separate process; "
-              "`build / embed alone` = build_s / (items / embed_titles_per_s).", ""]
+              "`build / embed alone` = build_s / (items / embed_titles_per_s). `serve_p50_ms` is measured on one "
+              "kept-alive connection (as browsers and benchmarks/load.py do); the details add a new connection per "
+              "request and the app's own time (its Server-Timing header): where the kept-alive latency is ~40 ms "
+              "above the others, the server wrote headers and body as two TCP segments and the second waited for "
+              "the client's delayed ACK (Nagle).", ""]
     return "\n".join(lines)
 
 
@@ -185,11 +192,12 @@ def plot(path: Path, rows: list[dict[str, Any]], exponents: dict[str, float]) ->
     plt.close(fig)
 
 
-def write_report(stem: Path, rows: list[dict[str, Any]], command: str, machine: str, plot_png: bool = True) -> dict:
+def write_report(stem: Path, rows: list[dict[str, Any]], command: str, machine: str, plot_png: bool = True,
+                 note: str | None = None) -> dict:
     """Write ``stem``.json and .md (and .png) from the per-size rows; return the report."""
     exponents = {key: round(f[0], 3) for key in SERIES if (f := fit(rows, key)) is not None}
     report = {
-        "command": command, "machine": machine,
+        "command": command, "machine": machine, "note": note,
         "sizes": [{key: row.get(key) for key in ROW_KEYS} for row in rows],
         "exponents": exponents, "goals": goals(rows),
         "details": {str(row["items"]): {k: v for k, v in row.items() if k not in ROW_KEYS} for row in rows},
