@@ -52,13 +52,20 @@ EMBED_SAMPLE = 10_000
 # Stage boundaries in the build's stderr: (stage, regexes of the piece where it starts, the first one that occurs
 # wins). A stage lasts until the next stage's start; "done" ends the last one. Embedding starts after the embedder
 # export (after the catalogue load with --embedder-dir) and includes tokenising; the index stage includes saving
-# the index; co-purchase runs from there to the end (reading sequences, counting, saving, the manifest's checksums).
+# the index; co-purchase runs from there to the end (counting, saving, the manifest's checksums), plus reading the
+# sequences where a build reads them before embedding (from the catalogue line to the sequences line).
 STAGE_MARKS = (
     ("embed", (r"exported embedder", r"gloss\.edge\.catalog: catalogue ")),
-    ("index", (r"^index:",)),
+    ("index", (r"^index:", r"embedded \d+ titles in ")),
     ("copurchase", (r"saved index", r"gloss\.edge\.splits: sequences ")),
     ("done", (r"gloss\.export\.bundle: bundle ",)),
 )
+# Figures a build logs itself take precedence over the marks: (stage, regex with the seconds as group 1).
+STAGE_FIGURES = (
+    ("embed", r"embedded \d+ titles in ([\d.]+) s"),
+    ("index", r"saved index .*\(([\d.]+) s after embedding\)"),
+)
+SEQUENCES_READ = (r"gloss\.edge\.catalog: catalogue ", r"gloss\.edge\.splits: sequences ")
 AUTOGROUP = Path("/proc/self/autogroup")
 APPROXIMATE = re.compile(r"hnsw|approx|ann\b", re.IGNORECASE)
 logger = logging.getLogger("benchmarks.scale")
@@ -96,20 +103,30 @@ def code_state() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def _first(timeline: list[tuple[float, str]], pattern: str) -> float | None:
+    return next((seconds for seconds, text in timeline if re.search(pattern, text)), None)
+
+
 def stage_times(timeline: list[tuple[float, str]]) -> dict[str, float]:
     """Seconds per build stage from the stamped stderr (a stage whose start or end is not seen is left out)."""
     starts: dict[str, float] = {}
     for stage, patterns in STAGE_MARKS:
-        for pattern in patterns:
-            found = [seconds for seconds, text in timeline if re.search(pattern, text)]
-            if found:
-                starts[stage] = found[0]
-                break
+        found = [t for t in (_first(timeline, p) for p in patterns) if t is not None]
+        if found:
+            starts[stage] = found[0]
     out = {}
     for number, (stage, _) in enumerate(STAGE_MARKS[:-1]):
         following = [starts[s] for s, _ in STAGE_MARKS[number + 1 :] if s in starts]
         if stage in starts and following and following[0] >= starts[stage]:
             out[f"{stage}_s"] = round(following[0] - starts[stage], 2)
+    for stage, pattern in STAGE_FIGURES:
+        figure = next((m for _, text in timeline if (m := re.search(pattern, text))), None)
+        if figure:
+            out[f"{stage}_s"] = float(figure.group(1))
+    read_start, read_end = (_first(timeline, p) for p in SEQUENCES_READ)
+    embed_start = starts.get("embed")
+    if "copurchase_s" in out and None not in (read_start, read_end, embed_start) and read_end < embed_start:
+        out["copurchase_s"] = round(out["copurchase_s"] + read_end - read_start, 2)
     return out
 
 
@@ -297,6 +314,7 @@ def main() -> None:
     parser.add_argument("--out-name", default="scale", help="Result stem; rows are cached per stem.")
     parser.add_argument("--force", action="store_true", help="Measure sizes that already have a row again.")
     parser.add_argument("--report-only", action="store_true", help="Only rewrite the results from cached rows.")
+    parser.add_argument("--generate-only", action="store_true", help="Only write the sizes' synthetic data.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve-requests", type=int, default=300)
     parser.add_argument("--embedder-dir", type=Path, default=None, help="Pass --embedder-dir to the build.")
@@ -327,6 +345,11 @@ def measure_and_report(args: argparse.Namespace) -> None:
     if args.embed_stub:
         args.embedder_dir = stub_embedder(WORK / "stub-embedder")
     runs = rows_dir(args.out_name)
+    if args.generate_only:
+        for size in [parse_size(s) for s in args.sizes.split(",")]:
+            data, info = generate(size, args.seed)
+            logger.info("size %d: %s %s", size, data, {k: v for k, v in info.items() if k != "settings"})
+        return
     for size in [] if args.report_only else [parse_size(s) for s in args.sizes.split(",")]:
         out_dir = runs / f"n{size}"
         row_path = out_dir / "row.json"
