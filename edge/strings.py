@@ -249,8 +249,8 @@ class StringArrayBuilder:
         self.ends.append(len(self.blob))
 
     def build(self) -> StringArray:
-        """The strings added so far."""
-        return StringArray(bytes(self.blob), np.frombuffer(self.ends, dtype=np.int64).copy())
+        """The strings added so far, over the builder's own buffers (no copy: add nothing afterwards)."""
+        return StringArray(self.blob, np.frombuffer(self.ends, dtype=np.int64))
 
 
 def take_rows(column: StringArray, rows: np.ndarray) -> StringArray:

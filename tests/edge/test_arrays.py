@@ -51,7 +51,22 @@ def test_short_foreign_and_missing_files_are_refused(tmp_path: Path):
     with pytest.raises(InputError, match="not a gloss test file"):
         open_arrays(tmp_path / "foreign.bin", "test file", "make it again")
     (tmp_path / "header.bin").write_bytes(data[:8] + data[8:16] + b"{not json" + bytes(100))
-    with pytest.raises(InputError, match="unreadable test file header"):
+    with pytest.raises(InputError, match="not a gloss test file .its header fails its length or CRC-32 check"):
         open_arrays(tmp_path / "header.bin", "test file", "make it again")
     with pytest.raises(InputError, match="no such test file"):
         open_arrays(tmp_path / "absent.bin", "test file", "make it again")
+
+
+def test_verify_finds_a_flipped_byte_that_a_plain_open_maps(tmp_path: Path):
+    save_arrays(tmp_path / "a.bin", {"x": np.arange(1000), "y": np.ones(3)}, {"k": 1})
+    data = bytearray((tmp_path / "a.bin").read_bytes())
+    data[data.rfind(np.ones(3).tobytes()) + 5] ^= 0xFF  # inside "y"
+    (tmp_path / "a.bin").write_bytes(bytes(data))
+    loaded, _ = open_arrays(tmp_path / "a.bin", "test file", "make it again")  # sizes fit: opens
+    assert not np.array_equal(loaded["y"], np.ones(3))
+    with pytest.raises(InputError, match="not a gloss test file .array 'y' fails its CRC-32 check"):
+        open_arrays(tmp_path / "a.bin", "test file", "make it again", verify=True)
+    data[20] ^= 0xFF  # inside the header
+    (tmp_path / "a.bin").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="header fails its length or CRC-32 check"):
+        open_arrays(tmp_path / "a.bin", "test file", "make it again")

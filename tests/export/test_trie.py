@@ -84,7 +84,7 @@ def test_open_trie_refuses_a_trie_built_for_another_catalogue(
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     manifest["generator"] = load_bundle(bundle_with_generator).manifest["generator"]
     write_manifest(out, {k: manifest[k] for k in ("catalog", "embedder", "index", "generator")})
-    with pytest.raises(InputError, match="trie.npz: built for another catalogue.*gloss-export bundle"):
+    with pytest.raises(InputError, match="trie.bin: built for another catalogue.*gloss-export bundle"):
         load_bundle(out).open_trie()
     result = CliRunner().invoke(edge_app(), ["recommend", str(out), "--item", full.asins[0], "--constrained"])
     assert result.exit_code == 2
