@@ -43,6 +43,12 @@ def usearch_index_class() -> Any:
     return require("usearch.index", "edge").Index
 
 
+def usearch_exact_search() -> Any:
+    """usearch's brute-force ``search(dataset, queries, count, metric, exact=True)`` (SIMD float16 kernels)."""
+    usearch_index_class()  # onnxruntime first (see above)
+    return require("usearch.index", "edge").search
+
+
 @dataclass(frozen=True)
 class HnswConfig:
     """How the graph is built and searched (recorded in the bundle manifest).

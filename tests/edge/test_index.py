@@ -20,7 +20,7 @@ from gloss.edge.index import (
     choose_kind,
     read_index_header,
 )
-from gloss.edge.vectors import VectorFileWriter, VectorStore, quantize
+from gloss.edge.vectors import VectorFileWriter, VectorStore, open_vectors, quantize, read_rows, write_vectors
 
 # Largest rounding error of one stored component |x| < 1: half a float16 step below 1; for i8 half a step of
 # 1/127 (round to nearest).
@@ -330,3 +330,29 @@ def test_new_f16_storage_searches_exactly_like_the_old_usearch_file(tmp_path: Pa
         want, want_sims = legacy.search(queries, k)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_sims, want_sims)
+
+
+def test_blocked_exact_search_breaks_ties_by_position_across_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thirty copies of one vector straddle the top-10 cut: the lowest positions win, as in the float32 path."""
+    monkeypatch.setattr(index_module, "EXACT_CACHE_BYTES", 0)
+    items = unit_vectors(500, 24, seed=17)
+    items[np.arange(40, 340, 10)] = items[5]
+    query = items[5:6] + unit_vectors(1, 24, seed=18) * 0.01
+    blocked = ItemIndex.build(items, show_progress=False, dtype="f16")
+    for block_rows in (vectors_module.DEFAULT_BLOCK_ROWS, 64, 25):
+        monkeypatch.setattr(vectors_module, "DEFAULT_BLOCK_ROWS", block_rows)
+        found, sims = blocked.search(query, k=10)
+        stored = np.asarray(blocked.vectors())
+        want = np.lexsort((np.arange(len(stored)), -(query @ stored.T)[0]))[:10]
+        np.testing.assert_array_equal(found[0], want)
+        assert found[0].tolist() == [5, *range(40, 130, 10)]
+
+
+def test_row_lookups_read_the_file_and_equal_the_mapping(tmp_path: Path, items: np.ndarray) -> None:
+    """Scattered rows are read with pread (kept out of the process's RSS); they equal the mapped rows."""
+    write_vectors(tmp_path / "v.npy", items, "f16")
+    mapped = open_vectors(tmp_path / "v.npy")
+    rows = np.array([599, 0, 17, 17, 300])
+    np.testing.assert_array_equal(read_rows(mapped, rows), np.asarray(mapped)[rows])
+    assert getattr(mapped[10:], "gloss_file", None) is None  # a slice starts elsewhere in the file: indexed instead
+    np.testing.assert_array_equal(read_rows(mapped[10:], rows[2:]), np.asarray(mapped)[rows[2:] + 10])
