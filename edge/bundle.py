@@ -8,7 +8,7 @@ Layout (all paths relative to the bundle folder)::
     embedder/                model.onnx, tokenizer.json, gloss_embedder.json (gloss.edge.embed)
     index/vectors.npy        item vectors of ``ITEM_TEXT`` per title, memory-mapped (gloss.edge.index, .vectors)
     index/vectors.vN.npy     items added by update N (one segment per update; removed rows listed apart)
-    index/graph.usearch      from 100k items: the HNSW graph for approximate search (gloss.edge.hnsw)
+    index/graph.usearch      from 50k items:  the HNSW graph for approximate search (gloss.edge.hnsw)
     generator/model.gguf     optional: the query generator for llama.cpp
     generator/trie.bin       with the generator: token trie of the catalogue's titles, memory-mapped (gloss.edge.trie)
     fusion/copurchase.bin    optional: co-purchase statistics for the fusion re-ranker (gloss.edge.copurchase)

@@ -137,7 +137,7 @@ FusionOption = Annotated[bool | None, typer.Option("--fusion/--no-fusion", help=
 ConstrainedOption = Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to "
                                                  "catalogue titles (the bundle's trie), or free beams.")]
 ExactOption = Annotated[bool, typer.Option("--exact", help="Search every item even where the bundle's index has an "
-                                           "HNSW graph (catalogues from 100k items; approximate, Recall@10 >= 0.99 "
+                                           "HNSW graph (catalogues from 50k items; approximate, Recall@10 >= 0.99 "
                                            "against exact).")]
 
 

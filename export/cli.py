@@ -190,7 +190,7 @@ def bundle(
     ] = None,
     holdout: Annotated[int, typer.Option(min=0, max=2, help="With --sequences: items left out at the end of each "
                                          "sequence: 0 to serve, 1 to evaluate on test, 2 on validation.")] = 0,
-    index_kind: Annotated[IndexKind, typer.Option(help="auto: exact search below 100k items, an HNSW graph (Recall@10 "
+    index_kind: Annotated[IndexKind, typer.Option(help="auto: exact search below 50k items, an HNSW graph (Recall@10 "
                                                   ">= 0.99 against exact) from there.")] = IndexKind.auto,
     threads: ThreadsOption = None,
     batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
