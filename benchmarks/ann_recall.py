@@ -19,9 +19,10 @@ Per size: exact search (the ground truth; block-wise over the memory-mapped f16 
 2 threads, its file size, opening it and the first search, single-query latency (p50/p95 over queries one at a
 time, as ``serve`` sends them), Recall@10 per query set, the time to extend the graph by 10,000 rows (what an
 update does once its exactly searched tail is full), and the resident memory of a process that opened the index
-and ran 1,000 queries. At ``--sweep-size`` the expansion and candidate settings and the graph's build settings
-are swept, which is where the defaults in gloss.edge.hnsw come from. The exact-search cost per query at smaller
-sizes (in-memory float32 and block-wise f16) places the exact / HNSW threshold (gloss.edge.index.HNSW_MIN_ITEMS).
+and ran 1,000 queries. The search settings (expansion, candidates) are swept at every size, the graph's build
+settings at ``--sweep-size``: that is where the defaults in gloss.edge.hnsw come from. The exact-search cost per
+query at smaller sizes (in-memory float32 and block-wise f16) places the exact / HNSW threshold
+(gloss.edge.index.HNSW_MIN_ITEMS).
 
 Usage (about 30 minutes at the default sizes on 2 cores; the embedding of the real titles is cached):
     flock /tmp/gloss-heavy.lock python benchmarks/ann_recall.py --sizes 200000,1000000 --sweep-size 200000
@@ -203,34 +204,39 @@ def extend_cost(store: VectorStore, index: ItemIndex) -> float:
     return round(time.perf_counter() - started, 2)
 
 
-def sweep(size_result: dict[str, Any], work: Path, data: dict[str, Any], build_configs: list[HnswConfig]
-          ) -> dict[str, Any]:
-    """Search settings on the default graph; then other build settings (build time, recall at the defaults)."""
+SEARCH_SWEEP = [(ef, candidates) for ef in (64, 128, 256, 384, 512) for candidates in (16, 64)]
+
+
+def search_sweep(size_result: dict[str, Any], data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Recall and latency of the built graph under other search settings (no rebuild needed)."""
     index, truth, queries = size_result["_index"], size_result["_truth"], data["queries"]
-    graph = index._graph_or_build()
-    search = []
-    for ef in (64, 128, 256):
-        for candidates in (16, 32, 64, 128):
-            if candidates > ef:
-                continue
-            index.hnsw = HnswConfig(**{**index.hnsw.to_dict(), "expansion_search": ef, "candidates": candidates})
-            graph.expansion_search = ef
-            row = {"expansion_search": ef, "candidates": candidates,
-                   "query_ms": latency_ms(index, queries["llm"], count=100)}
-            row.update({f"recall_{n}": round(recall_at_10(index.search(q, 10)[0], truth[n]), 4)
-                        for n, q in queries.items()})
-            search.append(row)
-    builds = []
-    store = index.store
-    for config in build_configs:
+    graph, default = index._graph_or_build(), index.hnsw
+    rows = []
+    for ef, candidates in SEARCH_SWEEP:
+        index.hnsw = replace(default, expansion_search=ef, candidates=candidates)
+        graph.expansion_search = ef
+        row = {"expansion_search": ef, "candidates": candidates,
+               "query_ms": latency_ms(index, queries["llm"], count=100)}
+        row.update({f"recall_{n}": round(recall_at_10(index.search(q, 10)[0], truth[n]), 4)
+                    for n, q in queries.items()})
+        rows.append(row)
+    index.hnsw, graph.expansion_search = default, default.expansion_search
+    return rows
+
+
+def build_sweep(size_result: dict[str, Any], data: dict[str, Any], configs: list[HnswConfig]) -> list[dict[str, Any]]:
+    """Other graph build settings over the same vectors: build time, and recall at their search settings."""
+    truth, queries, store = size_result["_truth"], data["queries"], size_result["_index"].store
+    rows = []
+    for config in configs:
         started = time.perf_counter()
         other = ItemIndex.create(store, "hnsw", config, threads=THREADS, show_progress=False)
         row = {**{k: v for k, v in config.to_dict().items() if k != "scale"},
                "build_s": round(time.perf_counter() - started, 1), "query_ms": latency_ms(other, queries["llm"])}
         row.update({f"recall_{n}": round(recall_at_10(other.search(q, 10)[0], truth[n]), 4)
                     for n, q in queries.items()})
-        builds.append(row)
-    return {"items": size_result["items"], "search": search, "builds": builds}
+        rows.append(row)
+    return rows
 
 
 def exact_curve(work: Path, data: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
@@ -290,20 +296,19 @@ def write_report(out: dict[str, Any], stem: Path) -> None:
                      f"{r['ann_recall_at_10']['last_item']} | {r['hnsw_build_s']} | {r['graph_mb']} | "
                      f"{r['vectors_mb']} | {r['open_and_first_search_s']} | {r['rss_after_1000_queries_mb']['VmRSS']} "
                      f"| {r['extend_graph_10k_s']} |")
-    if out.get("sweep"):
-        sweep_rows = out["sweep"]
-        lines += ["", f"Search settings at {sweep_rows['items']:,} items (graph: defaults):", "",
+    for r in out["sizes"]:
+        lines += ["", f"Search settings at {r['items']:,} items (graph built with the defaults):", "",
                   "| expansion_search | candidates | p50 (ms) | Recall@10 llm | Recall@10 last item |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {r['expansion_search']} | {r['candidates']} | {r['query_ms']['p50']} | {r['recall_llm']} | "
-                  f"{r['recall_last_item']} |" for r in sweep_rows["search"]]
-        lines += ["", "Graph build settings (search at the defaults):", "",
-                  "| dtype | connectivity | expansion_add | build (s) | p50 (ms) | Recall@10 llm "
-                  "| Recall@10 last item |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['dtype']} | {r['connectivity']} | {r['expansion_add']} | {r['build_s']} | "
-                  f"{r['query_ms']['p50']} | {r['recall_llm']} | {r['recall_last_item']} |"
-                  for r in sweep_rows["builds"]]
+        lines += [f"| {x['expansion_search']} | {x['candidates']} | {x['query_ms']['p50']} | {x['recall_llm']} | "
+                  f"{x['recall_last_item']} |" for x in r["search_sweep"]]
+    if out.get("build_sweep"):
+        lines += ["", f"Graph build settings at {out['build_sweep']['items']:,} items (searched with their settings):",
+                  "", "| dtype | connectivity | expansion_add | expansion_search | build (s) | p50 (ms) "
+                  "| Recall@10 llm | Recall@10 last item |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['dtype']} | {x['connectivity']} | {x['expansion_add']} | {x['expansion_search']} | "
+                  f"{x['build_s']} | {x['query_ms']['p50']} | {x['recall_llm']} | {x['recall_last_item']} |"
+                  for x in out["build_sweep"]["rows"]]
     lines += ["", "Exact search, one query (what places the exact / HNSW threshold):", "",
               "| items | float32 in memory p50 (ms) | its MB | f16 block-wise p50 (ms) |", "|---|---|---|---|"]
     lines += [f"| {r['items']:,} | {r['float32_in_memory_ms']['p50']} | {r['float32_mb']} | "
@@ -334,16 +339,16 @@ def main() -> None:
     data = real_data(work, args.users)
     config = HnswConfig()
     sizes = [int(s) for s in args.sizes.split(",")]
-    results, sweep_result = [], None
+    results, build_rows = [], None
     for size in sizes:
         logger.info("size %d", size)
         result = measure_size(work, data, size, config)
+        result["search_sweep"] = search_sweep(result, data)
         if size == args.sweep_size:
             others = [replace(config, dtype="f16"), replace(config, expansion_add=2 * config.expansion_add),
                       replace(config, connectivity=2 * config.connectivity)]
-            sweep_result = sweep(result, work, data, others)
+            build_rows = {"items": size, "rows": build_sweep(result, data, others)}
         results.append({k: v for k, v in result.items() if not k.startswith("_")})
-        logger.info("%s", results[-1])
     with gzip.open(DATA / "amazon2014" / "beauty" / "items.jsonl.gz", "rt") as handle:
         sample = [render_item(json.loads(line)["title"]) for _, line in zip(range(4000), handle, strict=False)]
     out = {
@@ -351,7 +356,7 @@ def main() -> None:
         "machine": machine(), "real_items": data["num_titles"],
         "queries": {name: len(q) for name, q in data["queries"].items()},
         "real_titles_embed_s": round(data["embed_s"], 1), "hnsw_defaults": config.to_dict(),
-        "hnsw_min_items": index_module.HNSW_MIN_ITEMS, "sizes": results, "sweep": sweep_result,
+        "hnsw_min_items": index_module.HNSW_MIN_ITEMS, "sizes": results, "build_sweep": build_rows,
         "exact_curve": exact_curve(work, data, [int(s) for s in args.exact_sizes.split(",")]),
         "embed_throughput": embed_throughput(work, sample),
         "notes": "Recall@10: share of exact search's top 10 (over the same stored f16 vectors) that the HNSW index "
