@@ -53,7 +53,8 @@ from gloss.edge.hnsw import HnswConfig
 from gloss.edge.index import ItemIndex
 from gloss.edge.logs import setup_logging
 from gloss.edge.prompt import render_item
-from gloss.edge.vectors import VectorStore, open_vectors, top_k_blocked
+from gloss.edge.topk import top_k_blocked
+from gloss.edge.vectors import VectorStore, open_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

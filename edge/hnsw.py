@@ -1,6 +1,6 @@
 """An HNSW graph (usearch) over a vector store's rows, for approximate search above a catalogue size.
 
-The graph finds ``candidates`` rows per query; :func:`gloss.edge.vectors.rank_candidates` then scores them on the
+The graph finds ``candidates`` rows per query; :func:`gloss.edge.topk.rank_candidates` then scores them on the
 stored vectors, so approximate results carry exact similarities and only *which* items come back can differ from
 exact search (measured as Recall@10 against it: ``benchmarks/ann_recall.py``).
 

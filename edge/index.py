@@ -40,15 +40,8 @@ from gloss.edge.index_layout import (  # noqa: F401  (re-exported: the index's p
     read_removed,
     save_removed,
 )
-from gloss.edge.vectors import (
-    VectorStore,
-    open_vectors,
-    quantize,
-    rank_candidates,
-    top_k_blocked,
-    top_k_rows,
-    write_store,
-)
+from gloss.edge.topk import rank_candidates, top_k_blocked, top_k_rows
+from gloss.edge.vectors import VectorStore, open_vectors, quantize, write_store
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gloss.edge import index as index_module
-from gloss.edge import vectors as vectors_module
+from gloss.edge import topk as topk_module
 from gloss.edge.errors import InputError
 from gloss.edge.files import sha256_file
 from gloss.edge.index import (
@@ -137,7 +137,7 @@ def test_blocked_exact_search_equals_the_in_memory_path(items: np.ndarray, monke
     queries = unit_vectors(30, 24, seed=12)
     cached_pos, cached_sims = index.search(queries, k=10)
     monkeypatch.setattr(index_module, "EXACT_CACHE_BYTES", 0)
-    monkeypatch.setattr(vectors_module, "DEFAULT_BLOCK_ROWS", 64)
+    monkeypatch.setattr(topk_module, "BLOCK_ROWS", 64)
     blocked_pos, blocked_sims = ItemIndex.build(items, show_progress=False, dtype="f16").search(queries, k=10)
     np.testing.assert_array_equal(blocked_pos, cached_pos)
     np.testing.assert_allclose(blocked_sims, cached_sims, atol=1e-6)
@@ -157,8 +157,8 @@ def test_segments_with_removed_rows_search_like_the_compacted_matrix(items: np.n
     assert len(updated) == len(live) == len(items) - len(removed)
     np.testing.assert_array_equal(updated.store[[0, 6, 244, 593]], live[[0, 6, 244, 593]].astype(np.float32))
     queries = np.vstack([unit_vectors(25, 24, seed=13), live[[3, 3, 100]].astype(np.float32)])
-    for block_rows in (vectors_module.DEFAULT_BLOCK_ROWS, 97):
-        monkeypatch.setattr(vectors_module, "DEFAULT_BLOCK_ROWS", block_rows)
+    for block_rows in (topk_module.BLOCK_ROWS, 97):
+        monkeypatch.setattr(topk_module, "BLOCK_ROWS", block_rows)
         got, got_sims = updated.search(queries, k=12)
         want, want_sims = rebuilt.search(queries, k=12)
         np.testing.assert_array_equal(got, want)
@@ -339,8 +339,8 @@ def test_blocked_exact_search_breaks_ties_by_position_across_duplicates(monkeypa
     items[np.arange(40, 340, 10)] = items[5]
     query = items[5:6] + unit_vectors(1, 24, seed=18) * 0.01
     blocked = ItemIndex.build(items, show_progress=False, dtype="f16")
-    for block_rows in (vectors_module.DEFAULT_BLOCK_ROWS, 64, 25):
-        monkeypatch.setattr(vectors_module, "DEFAULT_BLOCK_ROWS", block_rows)
+    for block_rows in (topk_module.BLOCK_ROWS, 64, 25):
+        monkeypatch.setattr(topk_module, "BLOCK_ROWS", block_rows)
         found, sims = blocked.search(query, k=10)
         stored = np.asarray(blocked.vectors())
         want = np.lexsort((np.arange(len(stored)), -(query @ stored.T)[0]))[:10]
