@@ -443,3 +443,21 @@ def test_every_answer_is_counted_in_metrics(recommender: Recommender):
         for (path, code), count in expected.items():
             assert samples[f'gloss_requests_total{{path="{path}",status="{code}"}}'] == count
         assert counted(server)[("/metrics", 200)] == 1  # the scrape itself, counted once answered
+
+
+def test_accepted_connections_turn_off_nagle_so_a_reply_is_not_held_for_a_delayed_ack():
+    """uvicorn writes a reply's head and body separately: with Nagle on, the body waited ~40 ms for the client's
+    delayed ACK on every kept-alive request."""
+    from gloss.edge.server.transport import _no_delay
+
+    with socket.create_server((HOST, 0)) as listener, socket.create_connection(listener.getsockname()[:2]):
+        conn, _ = listener.accept()
+        with conn:
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+
+            class Transport:
+                def get_extra_info(self, name: str):
+                    return conn if name == "socket" else None
+
+            _no_delay(Transport())
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
