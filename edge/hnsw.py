@@ -62,12 +62,13 @@ class HnswConfig:
         scale: ``i8`` only: vectors are stored as ``round(x * scale)``; 0 = choose from the data at build.
     """
 
-    # Defaults from benchmarks/results/ann_recall.md: at 1M items, Recall@10 >= 0.99 against exact search on real
-    # queries, with the cheapest build that reached it (the graph is the part of a build that grows fastest).
+    # Defaults from benchmarks/results/ann_recall.md. A graph built with expansion_add 64 stalled at Recall@10 0.991
+    # (last-item queries, 1M items) however far the search expanded; 128 costs ~1.5x the build (still a few percent
+    # of embedding the titles) and reaches it at expansion_search 256. Candidates beyond 16 changed no result.
     connectivity: int = 16
-    expansion_add: int = 64
-    expansion_search: int = 128
-    candidates: int = 64
+    expansion_add: int = 128
+    expansion_search: int = 256
+    candidates: int = 32
     dtype: str = "i8"
     scale: float = 0.0
 
