@@ -11,7 +11,7 @@ import typer
 
 from gloss.edge.cli_errors import OneLineErrors
 from gloss.edge.errors import InputError, user_errors
-from gloss.edge.files import STDIN, read_text, write_json_atomic
+from gloss.edge.files import STDIN, make_parent_dir, read_text, write_json_atomic
 from gloss.edge.logs import setup_logging
 from gloss.edge.metrics import POWER_MIN, POWER_MIN_DEFAULT
 from gloss.edge.recommend import RetrievalConfig
@@ -95,6 +95,9 @@ def eval_command(
     from gloss.edge.evaluate import evaluate, format_report, load_cases
 
     with user_errors():
+        for path in (out_path, details_path, save_queries, report_path):
+            if path is not None:
+                make_parent_dir(path)  # a path that cannot be written fails now, not after the evaluation
         other = prepare_report(report_path, compare_path)
         bundle = load_bundle(bundle_dir)
         cases = load_cases(bundle, source.value, queries_path, sequences_path, split, max_users, seed, fusion,

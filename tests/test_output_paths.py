@@ -33,3 +33,17 @@ def test_an_output_path_below_a_file_is_one_error_line(tiny_bundle: Path, embedd
     assert result.exit_code == 2, result.output
     assert str(afile) in error_line(result) and "Traceback" not in result.output
     assert afile.read_text() == "a file, not a folder"
+
+
+def test_eval_checks_its_output_paths_before_loading_the_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch):
+    import gloss.edge.bundle
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the bundle was loaded before the output path was checked")
+
+    monkeypatch.setattr(gloss.edge.bundle, "load_bundle", no_load)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = [arg.format(bundle=tiny_bundle) for arg in EVAL]
+    result = CliRunner().invoke(edge_app, [*args, "--out", str(afile / "sub" / "r.json")])
+    assert result.exit_code == 2 and str(afile) in error_line(result)
