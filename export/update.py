@@ -236,6 +236,11 @@ def update_bundle(
     remove = read_removed_ids(Path(remove_path)) if remove_path is not None else []
     bundle = load_bundle(Path(bundle_dir), verify=True)  # hashes only files changed since their last check
     catalog, old_to_new = plan_catalog(bundle.catalog, add_asins, add_titles, remove)
+    # Opened (memory-mapped) before the embedding: statistics that cannot be read (a format-1 .npz of a bundle
+    # from before issue 16) fail in one line before any work.
+    stats = None
+    if bundle.fusion_meta is not None and bundle.paths.copurchase is not None:
+        stats = CoPurchase.load(bundle.paths.copurchase)
     run = embed_run or EmbedRun()
     new_vectors = np.zeros((0, int(bundle.manifest["index"]["dim"])), dtype=np.float32)
     if add_asins:
@@ -261,14 +266,13 @@ def update_bundle(
                         "version": version, "updates": history},
             "index": {**index_section, "item_text": bundle.manifest["index"].get("item_text", ITEM_TEXT)},
         }
-        if bundle.fusion_meta is not None and bundle.paths.copurchase is not None:
-            stats = CoPurchase.load(bundle.paths.copurchase)
+        if stats is not None:
             if remove:
-                stats = remap_copurchase(stats, old_to_new, len(catalog))
+                updated = remap_copurchase(stats, old_to_new, len(catalog))
             else:  # only additions: the pairs are shared, the new items get empty rows
-                stats = stats.with_new_items(len(add_asins))
-            stats.save(tmp / COPURCHASE_FILE)
-            sections["fusion"] = {**bundle.fusion_meta, "nnz": stats.nnz, "remapped_to_catalog_version": version}
+                updated = stats.with_new_items(len(add_asins))
+            updated.save(tmp / COPURCHASE_FILE)
+            sections["fusion"] = {**bundle.fusion_meta, "nnz": updated.nnz, "remapped_to_catalog_version": version}
         generator = _generator_section(bundle, tmp, catalog)
         if generator is not None:
             sections["generator"] = generator
