@@ -9,6 +9,23 @@ skips the hashes. Any write, truncation, replacement, copy or ``touch`` of a fil
 no user can set back), so the next load hashes everything again before it answers; corruption the file system
 does not see (failing media) is caught by ``gloss-edge inspect``, which always hashes.
 
+When SHA-256 runs, exactly:
+
+* ``gloss-export bundle``: every file once, as it is written (the vectors while streamed to disk, the rest read
+  back once for the manifest); the stamp is recorded, so the first load hashes nothing.
+* ``gloss-export update`` / ``fusion``: the bundle is loaded first (hashed in full unless the stamp vouches for it);
+  only the files it writes are hashed, the hard-linked ones keep the manifest's hashes; the stamp is recorded.
+* a cold start (``gloss-edge recommend``, ``serve``, ``eval``): sizes and headers of every file always (vectors
+  header against the file size, graph metadata, array-file headers and CRCs, embedder config); every file's SHA-256
+  when the stamp does not vouch for all of them (a copied, touched, rewritten or replaced file, or an edited
+  manifest), before the first answer; a failed check records nothing, so the next start checks again.
+* ``gloss-edge inspect``: every file, whatever the stamp (``--no-verify``: sizes and headers only).
+
+Limits: the stamp vouches for what ``stat`` shows. Bytes that change while every field stays (failing media, a
+stamp rewritten by hand, or a same-size rewrite within one clock tick of the previous change on kernels before
+6.13, whose status-change times are coarse) pass a cold start; ``gloss-edge inspect`` hashes them. The stamp
+guards against accidents, not against someone who can write the bundle folder.
+
 The stamp is written beside the manifest but never listed in it; a bundle folder the process cannot write to
 is simply hashed on every load.
 """

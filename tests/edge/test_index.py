@@ -3,6 +3,7 @@ exact and approximate (HNSW) search, memory-mapped files, segments with removed 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,39 @@ def test_row_lookups_read_the_file_and_equal_the_mapping(tmp_path: Path, items: 
     np.testing.assert_array_equal(read_rows(mapped, rows), np.asarray(mapped)[rows])
     assert getattr(mapped[10:], "gloss_file", None) is None  # a slice starts elsewhere in the file: indexed instead
     np.testing.assert_array_equal(read_rows(mapped[10:], rows[2:]), np.asarray(mapped)[rows[2:] + 10])
+
+
+def mapped_rss_kb(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header line: address range ... path
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
+def test_fusion_reads_the_rows_it_scores_by_pread_and_never_through_the_mapping(fusion_bundle: Path,
+                                                                               tmp_path: Path) -> None:
+    """Fusion's history and candidate vectors of an HNSW index over a memory-mapped file come from pread, so serving
+    never makes the file resident in the process (ef4dca7); the rankings equal those over in-memory rows."""
+    from gloss.edge.bundle import load_bundle
+    from gloss.edge.copurchase import CoPurchase
+    from gloss.edge.fusion import FusionRanker
+
+    bundle = load_bundle(fusion_bundle)
+    vectors = np.asarray(bundle.open_index().vectors())
+    in_memory = ItemIndex.build(vectors, show_progress=False, dtype="f16", kind="hnsw")  # graph built from memory
+    path = tmp_path / "vectors.npy"
+    write_vectors(path, vectors, "f16")
+    mapped = in_memory.with_store(VectorStore([open_vectors(path)]))  # the same graph over the mapped file
+    stats = CoPurchase.load(bundle.paths.copurchase)
+    histories = [[int(p) for p in np.random.default_rng(user).choice(len(vectors), 4, replace=False)]
+                 for user in range(30)]
+    config = bundle.open_fusion().config
+    got = FusionRanker(bundle.catalog, mapped, stats, config).rank_batch(histories, k=10)
+    want = FusionRanker(bundle.catalog, in_memory, stats, config).rank_batch(histories, k=10)
+    assert got == want
+    assert mapped_rss_kb(path) == 0
