@@ -17,7 +17,10 @@ The manifest (gloss.edge.manifest) records the size and SHA-256 of every file, s
 bundle fails to load with one clear line instead of a crash deep inside onnxruntime or usearch; the folder
 is written through gloss.edge.outdir, so its path always holds a whole bundle. Sizes and headers are checked at
 every load, hashes when the files changed since they were last hashed (gloss.edge.verified). Bundles of gloss
-before issue 16 (one ``index.usearch``) still load, searched exactly.
+before issue 16 (one ``index.usearch``, no ``catalog.bin``) still load, searched exactly (their vectors read into
+memory); their co-purchase ``fusion/copurchase.npz`` is refused in one line that names ``gloss-export fusion``,
+which rewrites it (``--no-fusion`` ranks without it meanwhile); after that (or without fusion) the next
+``gloss-export update`` writes the index and catalogue in the current layout.
 """
 
 from __future__ import annotations
