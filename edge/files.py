@@ -135,15 +135,23 @@ def _parse_lines(
     for number, raw in enumerate(handle, start=1):
         line = decode_utf8(raw, text_name, offset, number) if isinstance(raw, bytes) else raw
         offset += len(raw)
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{name}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield number, row
+        if line.strip():
+            yield number, parse_json_object(line, name, number)
+
+
+def parse_json_object(line: str, name: str, number: int) -> dict[str, Any]:
+    """One JSONL line that must hold a JSON object.
+
+    Raises:
+        InputError: Naming ``name:number`` if the line is not valid JSON or not an object.
+    """
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{name}:{number}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def current_umask() -> int:

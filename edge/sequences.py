@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from gloss.edge.errors import InputError
-from gloss.edge.files import check_input_file, decode_utf8
+from gloss.edge.files import check_input_file, decode_utf8, parse_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +157,5 @@ def _parse_joined(rows: list[str]) -> list[Any] | None:
 
 def _parse_lines_one_by_one(text: str, name: str, first_line: int) -> list[Any]:
     """The slow path for a chunk that failed as a whole: parse line by line to name the bad line."""
-    values = []
-    for number, line in enumerate(text.split("\n"), start=first_line):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(value, dict):
-            raise InputError(f"{name}:{number}: expected a JSON object, got {type(value).__name__}")
-        values.append(value)
-    return values
+    return [parse_json_object(line, name, number)
+            for number, line in enumerate(text.split("\n"), start=first_line) if line.strip()]
