@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scale_measure import proc_mb as rss_mb  # benchmarks/scale_measure.py
+
 from gloss.edge.files import write_json_atomic
 from gloss.edge.server.app import ServeConfig
 from gloss.edge.server.transport import is_loopback
@@ -69,16 +71,6 @@ def test_histories(data_dir: Path) -> list[list[str]]:
     """Test-split histories (item ids, oldest first) of every user."""
     examples = make_examples(load_sequences(data_dir / "sequences.jsonl.gz"), Split.test, frozenset())
     return [list(ex.history) for ex in examples]
-
-
-def rss_mb(pid: int, key: str = "VmRSS") -> float | None:
-    """A process's resident set size (or its peak with ``VmHWM``) in MiB, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else None
 
 
 def start_server(bundle_dir: Path, host: str, extra: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:

@@ -62,9 +62,9 @@ class HnswConfig:
         scale: ``i8`` only: vectors are stored as ``round(x * scale)``; 0 = choose from the data at build.
     """
 
-    # Defaults from benchmarks/results/ann_recall.md. A graph built with expansion_add 64 stalled at Recall@10 0.991
-    # (last-item queries, 1M items) however far the search expanded; 128 costs ~1.5x the build (still a few percent
-    # of embedding the titles) and reaches it at expansion_search 256. Candidates beyond 16 changed no result.
+    # Chosen from the sweeps in benchmarks/results/ann_recall.md (expansion_search 256 lifted Recall@10 at 200k to
+    # 0.9989 / 0.9976; expansion_add 128 beat 64 on the graph-build sweep; candidates beyond 16 changed no result).
+    # Their Recall@10 at 1M items is measured by benchmarks/scale.py (ann_recall_at_10 in scale.md).
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 256
