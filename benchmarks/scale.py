@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from scale_measure import check, cold_recommend, dir_mb, load_avg, run_measured, serve_latency, tool
-from scale_report import write_report
+from scale_report import load_baseline, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "scale"
@@ -57,7 +57,7 @@ EMBED_SAMPLE = 10_000
 STAGE_MARKS = (
     ("embed", (r"exported embedder", r"gloss\.edge\.catalog: catalogue ")),
     ("index", (r"^index:", r"embedded \d+ titles in ")),
-    ("copurchase", (r"saved index", r"gloss\.edge\.splits: sequences ")),
+    ("copurchase", (r"saved index", r"gloss\.edge\.(?:splits|sequences): sequences ")),
     ("done", (r"gloss\.export\.bundle: bundle ",)),
 )
 # Figures a build logs itself take precedence over the marks: (stage, regex with the seconds as group 1).
@@ -65,7 +65,7 @@ STAGE_FIGURES = (
     ("embed", r"embedded \d+ titles in ([\d.]+) s"),
     ("index", r"saved index .*\(([\d.]+) s after embedding\)"),
 )
-SEQUENCES_READ = (r"gloss\.edge\.catalog: catalogue ", r"gloss\.edge\.splits: sequences ")
+SEQUENCES_READ = (r"gloss\.edge\.catalog: catalogue ", r"gloss\.edge\.(?:splits|sequences): sequences ")
 AUTOGROUP = Path("/proc/self/autogroup")
 APPROXIMATE = re.compile(r"hnsw|approx|ann\b", re.IGNORECASE)
 logger = logging.getLogger("benchmarks.scale")
@@ -190,7 +190,7 @@ def measure_size(num_items: int, args: argparse.Namespace, out_dir: Path) -> dic
     kind = index_kind(manifest)
     stage_cmd = [sys.executable, str(HERE / "scale_stages.py"), str(bundle), "--titles", str(data / "items.jsonl.gz"),
                  "--sample", str(min(EMBED_SAMPLE, num_items))]
-    if kind == "approximate":
+    if kind == "approximate" and not args.embed_stub:  # a stand-in's vectors say nothing about recall
         stage_cmd += ["--queries", str(data / "histories.json")]
     if "index_s" not in stages:
         stage_cmd += ["--index"]
@@ -222,9 +222,11 @@ def measure_size(num_items: int, args: argparse.Namespace, out_dir: Path) -> dic
         "serve_p95_ms": _round(serve.pop("serve_p95_ms")),
         "serve_rss_mb": _round(serve.pop("serve_rss_mb")),
         "update_1k_s": round(update.wall_s, 2),
-        "ann_recall_at_10": library.get("ann_recall_at_10") if kind == "approximate" else None,
+        "ann_recall_at_10": library.get("ann_recall_at_10") if kind == "approximate" else None,  # see the note
         # details
         "index_search": kind, "index_section": manifest.get("index"),
+        "ann_recall_note": ("not measured: the stand-in embedder's vectors" if kind == "approximate" and args.embed_stub
+                            else None),
         "stage_source": {s: "build log" if f"{s}_s" in stages else "library, separate process"
                          for s in ("index", "copurchase")},
         "build_stages_s": stages, "embed_in_build_titles_per_s": _rate(num_items, stages.get("embed_s")),
@@ -323,6 +325,8 @@ def main() -> None:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--autogroup-nice", type=int, default=-20, help="This session's CPU weight against the "
                         "other sessions' (-20..19; see claim_cpu); 0 leaves it as it is.")
+    parser.add_argument("--baseline-name", default="scale_before", help="A committed result stem set beside "
+                        "the rows in the Markdown ('' for none).")
     parser.add_argument("--note", default=None, help="A remark under the table (kept for later reports).")
     parser.add_argument("--code-commit", default=None, help="Measure the code of this commit (a snapshot), not "
                         "the working tree.")
@@ -370,8 +374,11 @@ def measure_and_report(args: argparse.Namespace) -> None:
         note_path.write_text(args.note)
     note = note_path.read_text() if note_path.is_file() else None
     commands = list(dict.fromkeys(row["command"] for row in rows))  # the runs that measured the rows
+    baseline = None
+    if args.baseline_name and args.baseline_name != args.out_name:
+        baseline = load_baseline(RESULTS / f"{args.baseline_name}.json")
     write_report(RESULTS / args.out_name, rows, command="; ".join(commands), machine=machine(),
-                 plot_png=not args.no_plot, note=note)
+                 plot_png=not args.no_plot, note=note, baseline=baseline)
 
 
 if __name__ == "__main__":
