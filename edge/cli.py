@@ -48,6 +48,12 @@ class Source(str, Enum):
     bundle = "bundle"
 
 
+# Shared by eval, recommend and serve.
+ExactOption = Annotated[bool, typer.Option("--exact", help="Search every item even where the bundle's index has an "
+                                           "HNSW graph (catalogues from 50k items; approximate, Recall@10 >= 0.99 "
+                                           "against exact).")]
+
+
 @app.command("eval")
 def eval_command(
     bundle_dir: Annotated[Path, typer.Argument(help="Output of `gloss-export bundle`.")],
@@ -86,6 +92,7 @@ def eval_command(
     compare_path: Annotated[Path | None, typer.Option("--compare", help="With --report: an earlier run's --out "
                                                       "JSON (written with --report) to show side by side, paired "
                                                       "by user, with bootstrap 95% intervals.")] = None,
+    exact: ExactOption = False,
 ) -> None:
     """Score a query source on a bundle: Recall@5/10, NDCG@5/10, MRR, per user segment."""
     import functools
@@ -102,7 +109,7 @@ def eval_command(
         bundle = load_bundle(bundle_dir)
         cases = load_cases(bundle, source.value, queries_path, sequences_path, split, max_users, seed, fusion,
                            constrained=constrained)
-        index = bundle.open_index()
+        index = bundle.open_index(exact=exact or None)
         config = RetrievalConfig(
             k=10 if report_path is None else REPORT_K, per_query=per_query or (10 if source is Source.last_item else 1),
             exclude_seen=bool(exclude_seen), ties=ties.value,
@@ -139,9 +146,6 @@ FusionOption = Annotated[bool | None, typer.Option("--fusion/--no-fusion", help=
                                                    "when the bundle has co-purchase statistics).")]
 ConstrainedOption = Annotated[bool, typer.Option("--constrained/--free", help="LLM beams constrained to "
                                                  "catalogue titles (the bundle's trie), or free beams.")]
-ExactOption = Annotated[bool, typer.Option("--exact", help="Search every item even where the bundle's index has an "
-                                           "HNSW graph (catalogues from 50k items; approximate, Recall@10 >= 0.99 "
-                                           "against exact).")]
 
 
 def read_history(path: Path | None, items: list[str] | None) -> list[str]:

@@ -8,6 +8,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -489,3 +490,28 @@ def test_fusion_config_uses_llm_when_a_beam_signal_has_weight(query_weight, beam
     from gloss.edge.fusion import FusionConfig
 
     assert FusionConfig(query_weight=query_weight, beam_weight=beam_weight).uses_llm is expected
+
+
+def test_eval_exact_searches_every_item_of_an_hnsw_bundle(embedder_dir: Path, tmp_path: Path, monkeypatch):
+    """`eval --exact` ranks as a bundle built for exact search; without it the graph's candidates are used."""
+    import gloss.edge.index as index_module
+    from gloss.export.bundle import build_bundle
+
+    exact_dir = build_bundle(CATALOG_PATH, tmp_path / "exact", embedder_dir=embedder_dir, index_kind="exact")
+    hnsw_dir = build_bundle(CATALOG_PATH, tmp_path / "hnsw", embedder_dir=embedder_dir, index_kind="hnsw")
+
+    def poor_graph(graph, queries, count, config, to_positions):  # a graph that only ever finds the first rows
+        return np.tile(np.arange(count, dtype=np.int64), (len(queries), 1))
+
+    monkeypatch.setattr(index_module, "graph_candidates", poor_graph)
+
+    def ranks(bundle_dir: Path, *extra: str) -> list:
+        details = tmp_path / f"{bundle_dir.name}{''.join(extra)}.jsonl"
+        result = invoke("eval", bundle_dir, "--source", "last-item", "--sequences", SEQUENCES_PATH,
+                        "--exclude-seen", "--details", details, *extra)
+        assert result.exit_code == 0, result.output
+        return [(row["user"], row["rank"]) for row in read_jsonl(details)]
+
+    reference = ranks(exact_dir)
+    assert ranks(hnsw_dir, "--exact") == reference
+    assert ranks(hnsw_dir) != reference
