@@ -9,6 +9,7 @@ and the index's item vectors (loaded by the server's warm-up before any client).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +83,12 @@ class CatalogSearch:
 
     def __init__(self, catalog: Catalog, embedder: Embedder, index: SearchIndex) -> None:
         self.catalog, self.embedder, self.index = catalog, embedder, index
-        self._folded = tuple(title.casefold() for title in catalog.titles)
+
+    @functools.cached_property
+    def _folded(self) -> tuple[str, ...]:
+        """Every title casefolded: built at the first search, so a server nobody searches never holds them
+        (one string per title: O(N) memory the page needs, a plain API server does not)."""
+        return tuple(title.casefold() for title in self.catalog.titles)
 
     def substring(self, q: str, k: int) -> tuple[list[int], int]:
         """Positions of the items whose id is ``q`` or whose title contains it (titles that start with it first,

@@ -74,6 +74,14 @@ def test_substring_search_equals_a_brute_force_scan(catalog: Catalog, searcher: 
         assert found == expected[:5] and total == len(hits)
 
 
+def test_the_folded_titles_are_built_at_the_first_search_only(catalog: Catalog, item_vectors: np.ndarray):
+    """A server that nobody searches holds no per-title strings (they cost O(N) at a million items)."""
+    searcher = CatalogSearch(catalog, HashEmbedder(), BruteForceIndex(item_vectors))
+    assert "_folded" not in vars(searcher)
+    searcher.substring("oz", 3)
+    assert len(vars(searcher)["_folded"]) == len(catalog)
+
+
 def test_an_item_id_is_found_first(catalog: Catalog, searcher: CatalogSearch):
     asin = catalog.asins[17]
     assert searcher.substring(asin, 3)[0][0] == 17
