@@ -147,8 +147,29 @@ class Bundle:
             config = FusionConfig.from_dict(meta.get("config", {}), f"{self.dir / MANIFEST_NAME}: fusion.config")
         except InputError as exc:
             raise InputError(f"{exc}; add the statistics again with gloss-export fusion") from None
-        copurchase = CoPurchase.load(self.paths.copurchase)
-        return FusionRanker(self.catalog, index or self.open_index(), copurchase, config)
+        return FusionRanker(self.catalog, index or self.open_index(), self.open_copurchase(), config)
+
+    def open_copurchase(self) -> CoPurchase:
+        """The co-purchase statistics over the whole catalogue, memory-mapped.
+
+        Items an update appended after the statistics were written (``fusion.appended_items`` in the manifest)
+        have no row and zero popularity: the file is kept as it is and covers them at load, so adding items
+        never rewrites it.
+
+        Raises:
+            InputError: If the bundle has no statistics, or they and the manifest do not cover the catalogue.
+        """
+        meta = self.fusion_meta
+        if meta is None or self.paths.copurchase is None:
+            raise InputError(f"{self.dir}: bundle has no co-purchase statistics; add them with gloss-export fusion")
+        stats = CoPurchase.load(self.paths.copurchase)
+        appended = meta.get("appended_items", 0)
+        if isinstance(appended, bool) or not isinstance(appended, int) or appended < 0 \
+                or stats.num_items + appended != len(self.catalog):
+            raise InputError(f"{self.paths.copurchase}: co-purchase statistics cover {stats.num_items} items and the "
+                             f"manifest appends {appended!r}, the catalogue has {len(self.catalog)}; add them again "
+                             "with gloss-export fusion")
+        return stats.with_new_items(appended) if appended else stats
 
 
 def load_bundle(bundle_dir: Path, verify: bool = True, rehash: bool = False) -> Bundle:

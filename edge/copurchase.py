@@ -100,6 +100,7 @@ class CoPurchase:
     trusted: bool = field(default=False, repr=False, compare=False)
     _derived: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
     _file: ArrayFile | None = field(default=None, init=False, repr=False, compare=False)  # set by load
+    _file_items: int = field(default=0, init=False, repr=False, compare=False)  # rows the file holds
 
     def __post_init__(self) -> None:
         num_items = len(self.popularity)
@@ -136,18 +137,19 @@ class CoPurchase:
         Raises:
             InputError: If the row's stored offsets or successors are impossible (a damaged file).
         """
-        bounds = self._file.read("indptr", item, item + 2) if self._file else self.indptr[item : item + 2]
+        stored = self._file is not None and 0 <= item < self._file_items  # appended items' rows are empty
+        bounds = self._file.read("indptr", item, item + 2) if stored else self.indptr[item : item + 2]
         start, end = (int(b) for b in bounds) if len(bounds) == 2 else (0, -1)
         if not 0 <= start <= end <= self.nnz:
             raise InputError(f"co-purchase: row {item} has offsets {start}..{end} outside 0..{self.nnz}; {BUILD_HINT}")
         if limit is not None:
             end = min(end, start + limit)
         # from a file: read the row (mapping it would map ~64 KB around each page touched, per request)
-        successors = self._file.read("indices", start, end) if self._file else self.indices[start:end]
-        counts = self._file.read("data", start, end) if self._file else self.data[start:end]
+        successors = self._file.read("indices", start, end) if stored else self.indices[start:end]
+        counts = self._file.read("data", start, end) if stored else self.data[start:end]
         if self.trusted and len(successors) and (successors.min() < 0 or successors.max() >= self.num_items):
             raise InputError(f"co-purchase: row {item} names an item outside 0..{self.num_items - 1}; {BUILD_HINT}")
-        total = self._file.read("row_sums", item, item + 1)[0] if self._file else self.sums[item]  # type: ignore[index]
+        total = self._file.read("row_sums", item, item + 1)[0] if stored else self.sums[item]  # type: ignore[index]
         probs = counts / total if total > 0 else counts * 0.0
         return successors, probs.astype(np.float64)
 
@@ -181,17 +183,22 @@ class CoPurchase:
     def with_new_items(self, count: int) -> CoPurchase:
         """The same statistics over a catalogue with ``count`` items appended (empty rows, zero popularity).
 
-        The pairs are shared, not copied: what an update that only adds items needs.
+        The pairs are shared, not copied (an opened file keeps serving its rows by ``pread``): how an update that
+        only adds items leaves the statistics file as it is, and how a bundle's statistics then cover its
+        appended items at load (:meth:`gloss.edge.bundle.Bundle.open_copurchase`).
         """
         if count < 0:
             raise InputError(f"cannot append {count} items")
-        return CoPurchase(
+        extended = CoPurchase(
             indptr=np.concatenate([self.indptr, np.full(count, self.indptr[-1], dtype=np.int64)]),
             indices=self.indices, data=self.data,
             popularity=np.concatenate([self.popularity, np.zeros(count, dtype=np.float32)]),
             window=self.window, decay=self.decay,
             sums=np.concatenate([self.sums, np.zeros(count)]), trusted=True,  # type: ignore[list-item]
         )  # fmt: skip
+        object.__setattr__(extended, "_file", self._file)
+        object.__setattr__(extended, "_file_items", self._file_items)
+        return extended
 
     def save(self, path: Path) -> None:
         """Write the statistics atomically (temp file beside ``path``, then rename)."""
@@ -224,4 +231,5 @@ class CoPurchase:
                     popularity=arrays["popularity"], window=meta["window"], decay=meta["decay"],
                     sums=arrays["row_sums"], trusted=True)
         object.__setattr__(stats, "_file", opened)
+        object.__setattr__(stats, "_file_items", stats.num_items)
         return stats

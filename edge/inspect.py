@@ -95,6 +95,11 @@ def inspect_bundle(bundle_dir: Path, verify: bool = True) -> BundleReport:
              ("trie", _trie_section, trie))
     for name, describe, meta in parts:
         sections[name] = describe(bundle_dir, meta, files, problems) if isinstance(meta, dict) else {"present": False}
+    if bundle is not None and isinstance(manifest.get("fusion"), dict) and "statistics" in sections["fusion"]:
+        try:
+            bundle.open_copurchase()  # the statistics and the items appended since cover the catalogue
+        except GlossError as exc:
+            problems.append(str(exc))
     if bundle is not None and isinstance(trie, dict):
         try:
             bundle.open_trie()  # built for these titles and intact

@@ -5,7 +5,10 @@ index segment, drops retired items from everything that can return them (catalog
 and popularity, the constrained-decoding trie when the bundle has one), keeps the statistics of the remaining
 items, and swaps in a new bundle folder with a new manifest (catalogue version, counts, checksums) in which every
 unchanged file is a hard link of the old one (:mod:`gloss.export.rewrite`): the index's earlier segments and
-graph, the embedder and the generator are neither copied nor hashed again.
+graph, the embedder and the generator are neither copied nor hashed again. An update that only adds items keeps
+the co-purchase file too: the manifest counts the items appended after its rows (``fusion.appended_items``), which
+load with empty rows and zero popularity (:meth:`gloss.edge.bundle.Bundle.open_copurchase`); only a removal
+rewrites the statistics.
 
 Positions stay compact (row ``i`` of the catalogue is index position ``i``): kept items keep their order, new
 items are appended, so an update gives the same catalogue, vectors and exact search results as a full rebuild
@@ -240,7 +243,7 @@ def update_bundle(
     # from before issue 16) fail in one line before any work.
     stats = None
     if bundle.fusion_meta is not None and bundle.paths.copurchase is not None:
-        stats = CoPurchase.load(bundle.paths.copurchase)
+        stats = bundle.open_copurchase()  # over the whole catalogue (items appended before included)
     run = embed_run or EmbedRun()
     new_vectors = np.zeros((0, int(bundle.manifest["index"]["dim"])), dtype=np.float32)
     if add_asins:
@@ -267,12 +270,14 @@ def update_bundle(
             "index": {**index_section, "item_text": bundle.manifest["index"].get("item_text", ITEM_TEXT)},
         }
         if stats is not None:
+            fusion = {key: value for key, value in bundle.fusion_meta.items() if key != "appended_items"}
             if remove:
                 updated = remap_copurchase(stats, old_to_new, len(catalog))
-            else:  # only additions: the pairs are shared, the new items get empty rows
-                updated = stats.with_new_items(len(add_asins))
-            updated.save(tmp / COPURCHASE_FILE)
-            sections["fusion"] = {**bundle.fusion_meta, "nnz": updated.nnz, "remapped_to_catalog_version": version}
+                updated.save(tmp / COPURCHASE_FILE)
+                sections["fusion"] = {**fusion, "nnz": updated.nnz, "remapped_to_catalog_version": version}
+            else:  # only additions: the file stays (hard-linked); the new items get empty rows at load
+                appended = len(catalog) - (stats.num_items - int(bundle.fusion_meta.get("appended_items", 0)))
+                sections["fusion"] = {**fusion, "appended_items": appended}
         generator = _generator_section(bundle, tmp, catalog)
         if generator is not None:
             sections["generator"] = generator

@@ -15,7 +15,7 @@ from gloss.edge.bundle import CATALOG_FILE, load_bundle
 from gloss.edge.catalog import Catalog, load_catalog, save_catalog
 from gloss.edge.errors import InputError
 from gloss.edge.fusion import CoPurchase
-from gloss.edge.manifest import VERIFIED_NAME
+from gloss.edge.manifest import MANIFEST_NAME, VERIFIED_NAME
 from gloss.edge.prompt import MAX_TITLE_WORDS, render_item
 from gloss.edge.recommend import Recommender
 from gloss.edge.splits import Split, load_sequences, make_examples
@@ -353,3 +353,39 @@ def test_update_copies_where_hard_links_are_impossible(base_bundle, full_catalog
     after = inodes(base_bundle)
     assert after["index/vectors.npy"] != before["index/vectors.npy"]
     assert load_bundle(base_bundle, rehash=True).manifest["index"]["num_items"] == len(full_catalog)
+
+
+def test_adding_items_keeps_the_copurchase_file_and_covers_the_new_items_at_load(base_bundle, full_catalog,
+                                                                                  tmp_path):
+    """Additions never rewrite the statistics (O(N) at a million items): the file stays a hard link, the manifest
+    counts the appended items, and the loaded statistics equal the old ones with empty rows appended."""
+    before = load_bundle(base_bundle)
+    old = CoPurchase.load(before.paths.copurchase)
+    reference = CoPurchase(indptr=np.array(old.indptr), indices=np.array(old.indices), data=np.array(old.data),
+                           popularity=np.array(old.popularity), window=old.window, decay=old.decay)
+    inode = before.paths.copurchase.stat().st_ino
+    update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path))
+    after = load_bundle(base_bundle, rehash=True)
+    assert after.paths.copurchase.stat().st_ino == inode
+    assert after.manifest["fusion"]["appended_items"] == NUM_NEW
+    stats, expected = after.open_copurchase(), reference.with_new_items(NUM_NEW)
+    assert stats.num_items == len(after.catalog) == expected.num_items
+    np.testing.assert_array_equal(stats.popularity, expected.popularity)
+    for item in range(stats.num_items):
+        for got, want in zip(stats.row(item), expected.row(item), strict=True):
+            np.testing.assert_array_equal(got, want)
+    # a removal writes the statistics in full again, over the whole catalogue
+    update_bundle(base_bundle, remove_path=write_ids(tmp_path / "gone.txt", after.catalog.asins[:2]))
+    final = load_bundle(base_bundle)
+    assert "appended_items" not in final.manifest["fusion"]
+    assert CoPurchase.load(final.paths.copurchase).num_items == len(final.catalog)
+
+
+def test_statistics_that_do_not_cover_the_catalogue_are_refused(base_bundle, full_catalog, tmp_path):
+    update_bundle(base_bundle, add_path=new_items(full_catalog, tmp_path))
+    path = base_bundle / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["fusion"]["appended_items"] = NUM_NEW - 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="co-purchase statistics cover"):
+        load_bundle(base_bundle).open_copurchase()
