@@ -140,14 +140,13 @@ class Bundle:
         Raises:
             InputError: If the bundle has no fusion section (add one with ``gloss-export fusion``).
         """
-        meta = self.fusion_meta
-        if meta is None or self.paths.copurchase is None:
-            raise InputError(f"{self.dir}: bundle has no co-purchase statistics; add them with gloss-export fusion")
+        copurchase = self.open_copurchase()  # raises first when the bundle has no statistics
         try:
-            config = FusionConfig.from_dict(meta.get("config", {}), f"{self.dir / MANIFEST_NAME}: fusion.config")
+            config = FusionConfig.from_dict(self.fusion_meta.get("config", {}),
+                                            f"{self.dir / MANIFEST_NAME}: fusion.config")
         except InputError as exc:
             raise InputError(f"{exc}; add the statistics again with gloss-export fusion") from None
-        return FusionRanker(self.catalog, index or self.open_index(), self.open_copurchase(), config)
+        return FusionRanker(self.catalog, index or self.open_index(), copurchase, config)
 
     def open_copurchase(self) -> CoPurchase:
         """The co-purchase statistics over the whole catalogue, memory-mapped.

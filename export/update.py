@@ -276,7 +276,7 @@ def update_bundle(
                 updated.save(tmp / COPURCHASE_FILE)
                 sections["fusion"] = {**fusion, "nnz": updated.nnz, "remapped_to_catalog_version": version}
             else:  # only additions: the file stays (hard-linked); the new items get empty rows at load
-                appended = len(catalog) - (stats.num_items - int(bundle.fusion_meta.get("appended_items", 0)))
+                appended = int(bundle.fusion_meta.get("appended_items", 0)) + len(add_asins)
                 sections["fusion"] = {**fusion, "appended_items": appended}
         generator = _generator_section(bundle, tmp, catalog)
         if generator is not None:
