@@ -32,8 +32,10 @@ MEMORY_ONLY_TEXT = (
     "measured build minus its stand-in embedding stage plus the titles at the real embedder's mean rate over the "
     "timed rows; the measured build time is in the details); their query-time figures (cold recommend, serve, "
     "update) are measured but embed each query with the stand-in, so they lack the real embedder's few ms per "
-    "query; `ann_recall_at_10` is not measured for them (meaningless vectors). The fits and goals use timed rows "
-    "only, except the 10M memory goal.")
+    "query; `ann_recall_at_10` is not measured for them (meaningless vectors). A row built with a cheaper graph "
+    "(`graph_config` in its details, e.g. expansion_add 16: the graph's memory depends on its rows and connectivity, "
+    "not on the search effort while adding) has its `index_s` and `build_s` extrapolated with the default graph's "
+    "fitted index_s exponent. The fits and goals use timed rows only, except the 10M memory goal.")
 BIG_GOAL_MARKS = {"build_peak_rss_mb": 24 * 1024}  # plotted at 10M as x
 GIB = 1024  # MiB: every "MB" here is 2**20 bytes, so the 4 GB is 4096
 UPDATE_FLAT_EXPONENT = 0.2  # "grows with the items added, not with N": update time ~ N^b with b at most this
@@ -144,6 +146,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{_cell(d.get('stub_embed_titles_per_s'))} titles/s alone), index "
                   f"{_cell(d.get('build_stages_s', {}).get('index_s'))} s, co-purchase "
                   f"{_cell(d.get('build_stages_s', {}).get('copurchase_s'))} s"
+                  + (f"; graph built with `{json.dumps(d['graph_config'])}`" if d.get("graph_config") else "")
                   for n, d in ((int(n), d) for n, d in details.items()) if d.get("memory_only")]
     if report.get("note"):
         lines += ["", f"Note: {report['note']}"]

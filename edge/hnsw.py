@@ -101,6 +101,18 @@ class HnswConfig:
         return cls(**data)
 
 
+def load_graph_config(path: Path) -> HnswConfig:
+    """Read :class:`HnswConfig` fields from a JSON or YAML file (missing fields keep their defaults).
+
+    Raises:
+        InputError: If the file is missing or unreadable, or has unknown keys or bad values.
+    """
+    from gloss.edge.files import read_yaml  # JSON is YAML, so one parser reads both
+
+    data = read_yaml(Path(path), what="graph config file")
+    return HnswConfig.from_dict({} if data is None else data, where=str(path))
+
+
 def choose_scale(store: VectorStore, rows: int) -> float:
     """127 / the largest absolute component of the first ``rows`` physical rows (one pass over them)."""
     largest = 0.0

@@ -28,6 +28,7 @@ from gloss.edge.errors import InputError
 from gloss.edge.files import check_input_file, sha256_file
 from gloss.edge.fusion import FusionConfig
 from gloss.edge.generation.gguf_header import check_gguf
+from gloss.edge.hnsw import HnswConfig
 from gloss.edge.index import DEFAULT_INDEX_DTYPE, INDEX_DTYPES, KINDS
 from gloss.edge.manifest import MANIFEST_NAME, write_manifest
 from gloss.edge.outdir import atomic_dir
@@ -105,6 +106,7 @@ def build_bundle(
     fusion_config: FusionConfig | None = None,
     embed_run: EmbedRun | None = None,
     index_kind: str | None = None,
+    hnsw: HnswConfig | None = None,
 ) -> Path:
     """Build a bundle folder: catalogue, embedder, index of all titles, optional generator, then the manifest.
 
@@ -132,6 +134,7 @@ def build_bundle(
         fusion_config: Fusion weights for the manifest; default :class:`FusionConfig`.
         embed_run: Threads, batch size and device of the embedding run (default: all CPU cores, or CUDA).
         index_kind: ``exact``, ``hnsw`` or None (by size: :data:`gloss.edge.index.HNSW_MIN_ITEMS`).
+        hnsw: Graph settings where the index is an HNSW graph (default :class:`HnswConfig`).
 
     Returns:
         ``out_dir``.
@@ -176,7 +179,7 @@ def build_bundle(
             _copy_embedder(Path(embedder_dir), tmp / EMBEDDER_DIR)
         embedder = open_run_embedder(tmp / EMBEDDER_DIR, embed_run)
         known: dict[str, Any] = {}
-        index_section = write_index(tmp, catalog.titles, embedder, index_dtype, embed_run, index_kind,
+        index_section = write_index(tmp, catalog.titles, embedder, index_dtype, embed_run, index_kind, hnsw,
                                     show_progress=show_progress, known=known)
         sections: dict[str, Any] = {
             "catalog": {"file": CATALOG_FILE, "arrays": CATALOG_ARRAYS_FILE, "num_items": len(catalog), "name": name},

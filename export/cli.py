@@ -192,6 +192,9 @@ def bundle(
                                          "sequence: 0 to serve, 1 to evaluate on test, 2 on validation.")] = 0,
     index_kind: Annotated[IndexKind, typer.Option(help="auto: exact search below 50k items, an HNSW graph (Recall@10 "
                                                   ">= 0.99 against exact) from there.")] = IndexKind.auto,
+    graph_config_path: Annotated[Path | None, typer.Option("--graph-config", help="JSON or YAML of HNSW graph "
+                                                           "settings (connectivity, expansion_add, expansion_search, "
+                                                           "candidates, dtype); default: the measured ones.")] = None,
     threads: ThreadsOption = None,
     batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
     device: DeviceOption = Device.auto,
@@ -203,6 +206,13 @@ def bundle(
 
     with user_errors():
         run = EmbedRun(threads=threads, batch_size=batch_size, device=device.value)
+        graph = None
+        if graph_config_path is not None:
+            from gloss.edge.hnsw import load_graph_config
+
+            if index_kind is IndexKind.exact:
+                raise InputError("--graph-config sets up an HNSW graph; --index-kind exact builds none")
+            graph = load_graph_config(graph_config_path)
         if sum((gguf_path is not None, stock_generator, adapter is not None)) > 1:
             raise InputError("give one of --gguf, --stock-generator and --adapter")
         meta = None
@@ -215,7 +225,7 @@ def bundle(
             catalog_path, out_dir, embedder_dir=embedder_dir, gguf_path=gguf_path, generator_meta=meta,
             adapter=adapter, method=method.value, name=name, int8_embedder=int8_embedder,
             index_dtype=index_dtype.value, sequences_path=sequences_path, holdout=holdout, embed_run=run,
-            index_kind=None if index_kind is IndexKind.auto else index_kind.value,
+            index_kind=None if index_kind is IndexKind.auto else index_kind.value, hnsw=graph,
         )
     typer.echo(str(out))
 

@@ -56,6 +56,9 @@ def write_index(
     index = ItemIndex.create(VectorStore([open_vectors(Path(bundle_dir) / INDEX_FILE)]), kind, hnsw,
                              threads=run.num_threads, show_progress=show_progress)
     index.files = {"segments": [INDEX_FILE]}
+    if hnsw is not None and index.kind != "hnsw":
+        logger.warning("graph settings unused: %d items are searched exactly (--index-kind hnsw builds a graph)",
+                       len(index))
     if index.kind == "hnsw":
         index.write_graph(Path(bundle_dir), GRAPH_FILE)
     index_s = time.perf_counter() - started

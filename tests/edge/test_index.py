@@ -125,7 +125,9 @@ def test_saved_index_is_memory_mapped_and_searches_like_the_one_in_memory(tmp_pa
     assert (len(loaded), loaded.dim, loaded.kind) == (len(items), items.shape[1], kind)
     np.testing.assert_array_equal(np.asarray(loaded.store), np.asarray(index.store))
     queries = unit_vectors(20, 24, seed=6)
-    for exact in (True, False, None):
+    # an exact index builds a graph in memory for exact=False, one per object and on every core, so two of them
+    # may differ (thread order); the hnsw kind's loaded graph is the saved one
+    for exact in (True, False, None) if kind == "hnsw" else (True, None):
         got, got_sims = loaded.search(queries, k=7, exact=exact)
         want, want_sims = index.search(queries, k=7, exact=exact)
         np.testing.assert_array_equal(got, want)
