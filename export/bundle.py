@@ -37,7 +37,7 @@ from gloss.edge.trie import check_titles
 from gloss.edge.verified import record_verified
 from gloss.export.copurchase import DEFAULT_DECAY, DEFAULT_WINDOW, build_copurchase_file, read_prefixes
 from gloss.export.embedder import EmbedRun, open_run_embedder
-from gloss.export.index import write_index
+from gloss.export.index import regraph_section, write_index
 from gloss.export.rewrite import rewrite_bundle
 
 logger = logging.getLogger(__name__)
@@ -268,6 +268,21 @@ def add_fusion(
         return _fusion_section(tmp, bundle.catalog, Path(sequences_path), holdout, window, decay, config)
 
     return _rewrite_bundle(Path(bundle_dir), "fusion", COPURCHASE_FILE, write)
+
+
+def regraph_bundle(bundle_dir: Path, hnsw: HnswConfig | None = None, threads: int = 0,
+                   show_progress: bool | None = None) -> Path:
+    """Replace a bundle's HNSW graph by one built with ``hnsw`` (default :class:`HnswConfig`) over its stored
+    vectors, without embedding a title again; every other file is reused (hard links) and the bundle is
+    swapped atomically. An exact index gets a graph (and is then searched approximately).
+
+    Raises:
+        InputError: If the bundle fails to load (it is fully checked first).
+    """
+    bundle = load_bundle(Path(bundle_dir), verify=True)
+    rewrite_bundle(bundle, lambda tmp, b: {"index": regraph_section(b, tmp, hnsw, threads, show_progress)})
+    logger.info("bundle %s: new graph %s", bundle_dir, (hnsw or HnswConfig()).to_dict())
+    return Path(bundle_dir)
 
 
 def check_sequences(sequences_path: Path, catalog: Catalog, holdout: int = 0) -> SequenceArrays:

@@ -231,6 +231,23 @@ def bundle(
 
 
 @app.command()
+def regraph(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle whose HNSW graph is rebuilt (rewritten atomically).")],
+    graph_config_path: Annotated[Path | None, typer.Option("--graph-config", help="JSON or YAML of HNSW graph "
+                                                           "settings; default: the current defaults.")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="Graph build threads; 0: every core.")] = 0,
+) -> None:
+    """Rebuild a bundle's HNSW graph from its stored vectors with other (or today's default) settings; no title is
+    embedded again and every other file is reused."""
+    from gloss.edge.hnsw import load_graph_config
+    from gloss.export.bundle import regraph_bundle
+
+    with user_errors():
+        graph = load_graph_config(graph_config_path) if graph_config_path is not None else None
+        out = regraph_bundle(bundle_dir, graph, threads=threads)
+    typer.echo(str(out))
+
+@app.command()
 def fusion(
     bundle_dir: Annotated[Path, typer.Argument(help="Bundle to add co-purchase statistics to (rewritten atomically).")],
     sequences_path: Annotated[Path, typer.Option("--sequences", help="User sequences JSONL(.gz): user, items.")],

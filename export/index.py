@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from gloss.edge.bundle import GRAPH_FILE, INDEX_DIR, INDEX_FILE, ITEM_TEXT
+from gloss.edge.bundle import GRAPH_FILE, INDEX_DIR, INDEX_FILE, ITEM_TEXT, Bundle
 from gloss.edge.embed import OnnxEmbedder
+from gloss.edge.errors import InputError
 from gloss.edge.hnsw import HnswConfig
 from gloss.edge.index import ItemIndex, choose_kind, index_files, save_removed
 from gloss.edge.vectors import VectorStore, open_vectors, quantize, write_vectors
@@ -131,3 +132,29 @@ def update_index(
         result.extend_graph(threads=run.num_threads)
         result.write_graph(Path(bundle_dir), f"{INDEX_DIR}/graph.v{version}.usearch")
     return result.section(), old_files - set(index_files(result.section()))
+
+
+# --- regraph: a new HNSW graph over the stored vectors (no title embedded again) ---
+
+
+def regraph_section(bundle: Bundle, bundle_dir: Path, hnsw: HnswConfig | None = None, threads: int = 0,
+                    show_progress: bool | None = None) -> dict[str, Any]:
+    """Build a graph with ``hnsw`` (default :class:`HnswConfig`) over every stored row of ``bundle``'s index, save it
+    in ``bundle_dir`` (the new, temporary bundle folder) and return the new ``index`` section.
+
+    Raises:
+        InputError: If the index is of the layout before segments (``gloss-export update`` rewrites it).
+    """
+    index = bundle.open_index()
+    if "segments" not in index.files:
+        raise InputError(f"{bundle.dir}: an index of the old single-file layout; run gloss-export update on it first")
+    started = time.perf_counter()
+    fresh = ItemIndex.create(index.store, "hnsw", hnsw or HnswConfig(), threads=threads, show_progress=show_progress)
+    fresh.files = {key: list(value) if isinstance(value, list) else value for key, value in index.files.items()
+                   if key != "graph"}
+    fresh.write_graph(Path(bundle_dir), GRAPH_FILE)  # a new folder: the old graph file is not carried over
+    index_s = time.perf_counter() - started
+    logger.info("new graph over %d rows (%.1f s)", index.store.num_physical, index_s)
+    old = bundle.manifest["index"]
+    return {**{k: v for k, v in old.items() if k in ("item_text", "build")}, **fresh.section(),
+            "build": {**old.get("build", {}), "index_s": round(index_s, 3)}}

@@ -208,6 +208,37 @@ def test_cli_bundle_graph_config_builds_the_graph_it_names(embedder_dir: Path, t
     result = CliRunner().invoke(app, [*args, "--out-dir", str(tmp_path / "bad"), "--index-kind", "exact"])
     assert result.exit_code == 2 and "--index-kind exact builds none" in result.stderr
 
+
+def test_regraph_replaces_only_the_graph_and_equals_a_build_with_those_settings(embedder_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    from gloss.edge.hnsw import HnswConfig
+    from gloss.export.bundle import regraph_bundle
+    from gloss.export.embedder import EmbedRun
+
+    one_thread = EmbedRun(threads=1)  # single-threaded graph builds are deterministic
+    first, wanted = HnswConfig(connectivity=8, expansion_add=20), HnswConfig(connectivity=12, expansion_add=60)
+    bundle_dir = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir, index_kind="hnsw",
+                              hnsw=first, embed_run=one_thread)
+    reference = build_bundle(CATALOG_PATH, tmp_path / "ref", embedder_dir=embedder_dir, index_kind="hnsw",
+                             hnsw=wanted, embed_run=one_thread)
+    vectors_inode = (bundle_dir / "index/vectors.npy").stat().st_ino
+    old_graph = (bundle_dir / "index/graph.usearch").read_bytes()
+    regraph_bundle(bundle_dir, wanted, threads=1)
+    bundle, ref = load_bundle(bundle_dir), load_bundle(reference)  # checksums of the rewritten manifest hold
+    assert bundle.manifest["index"]["graph"] == ref.manifest["index"]["graph"]
+    assert (bundle_dir / "index/graph.usearch").read_bytes() != old_graph
+    assert (bundle_dir / "index/vectors.npy").stat().st_ino == vectors_inode  # reused, not rewritten
+    assert sorted(p.name for p in (bundle_dir / "index").iterdir()) == ["graph.usearch", "vectors.npy"]
+    queries = np.asarray(ref.open_index().vectors()[::7], dtype=np.float32)
+    np.testing.assert_array_equal(bundle.open_index().search(queries, 10)[0], ref.open_index().search(queries, 10)[0])
+    config = tmp_path / "graph.json"
+    config.write_text('{"expansion_search": 1}')
+    result = CliRunner().invoke(app, ["regraph", str(bundle_dir), "--graph-config", str(config)])
+    assert result.exit_code == 2 and result.stderr.count("Error: ") == 1 and "expansion_search" in result.stderr
+    result = CliRunner().invoke(app, ["regraph", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+    assert load_bundle(bundle_dir).manifest["index"]["graph"] == ref.manifest["index"]["graph"]  # left as it was
+
 @pytest.mark.slow
 def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
     full = load_catalog(CATALOG_PATH)
