@@ -113,6 +113,55 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# Follow-up measurements after the rows (result stems under benchmarks/results): each replaces a 1M figure in a copy
+# of the rows, and the goals are computed again from that copy ("later" in the goals table).
+LATER_SOURCES = ("scale_update_1m", "scale_query_1m", "scale_recall_1m_add256", "graph_build_200k")
+
+
+def later_rows(rows: list[dict[str, Any]], results: Path) -> tuple[list[dict[str, Any]], list[str]] | None:
+    """The rows with their 1M (and 200k recall) figures replaced by the follow-up result files that exist, for
+    the current default graph; None when there are none. Returns the rows and what was replaced, from where."""
+    from gloss.edge.hnsw import HnswConfig
+
+    default_add = HnswConfig().expansion_add
+    later = [dict(r) for r in rows]
+    big = next((r for r in later if r["items"] == GOAL_N and not r.get("memory_only")), None)
+    if big is None:
+        return None
+    done = []
+    data = {name: json.loads(f.read_text()) for name in LATER_SOURCES if (f := results / f"{name}.json").is_file()}
+    if "scale_update_1m" in data:
+        big["update_1k_s"] = data["scale_update_1m"]["summary"]["this tree"]["update_1k_s"]
+        done.append("update_1k_s at 1M: scale_update_1m (this tree)")
+    query = data.get("scale_query_1m", {})
+    for name, graph in query.get("graphs", {}).items():
+        if graph and graph.get("expansion_add") == default_add:
+            big.update({k: query["summary"][name][k] for k in ("cold_recommend_s", "cold_recommend_rss_mb",
+                                                               "serve_p50_ms", "serve_rss_mb")})
+            done.append(f"cold recommend and serve at 1M: scale_query_1m ({name})")
+    recall = data.get("scale_recall_1m_add256", {})
+    if recall.get("built_with", {}).get("expansion_add") == default_add:
+        built = recall["built_with"]
+        big["ann_recall_at_10"] = next(r["recall_at_10"] for r in recall["settings"]
+                                       if (r["expansion_search"], r["candidates"]) == (built["expansion_search"],
+                                                                                        built["candidates"]))
+        done.append("Recall@10 at 1M: scale_recall_1m_add256 (the default search settings)")
+    graph_build = data.get("graph_build_200k", {})
+    ratios = {r["config"]["expansion_add"]: r for r in graph_build.get("results", [])
+              if r["config"]["connectivity"] == HnswConfig().connectivity}
+    if default_add in ratios and big.get("index_s") and big.get("build_s"):
+        old_add = min(ratios)
+        factor = ratios[default_add]["build_s_median"] / ratios[old_add]["build_s_median"]
+        big["build_s"] = big["build_s"] + big["index_s"] * (factor - 1)
+        big["index_s"] = big["index_s"] * factor
+        mid = next((r for r in later if r["items"] == graph_build["rows"] and r.get("ann_recall_at_10")), None)
+        if mid is not None:
+            mid["ann_recall_at_10"] = ratios[default_add]["recall_at_10"]
+        done.append(f"build_s at 1M estimated: the index stage x {factor:.2f} (graph_build_200k, expansion_add "
+                    f"{default_add} vs {old_add}); Recall@10 at {graph_build['rows']:,}: graph_build_200k")
+    return (later, done) if done else None
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v]
     return sum(present) / len(present) if present else None
@@ -152,7 +201,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Note: {report['note']}"]
     base = report.get("baseline")
     lines += ["", "## Goals of issue 16 (at 1M items unless said otherwise)", ""]
-    lines += _goal_lines(report["goals"], base)
+    lines += _goal_lines(report["goals"], base, report.get("later"))
     lines += ["", NOT_HERE]
     lines += ["", "## Fitted exponents (cost ~ N^b, least squares on log-log over the timed sizes)", ""]
     if base:
@@ -191,17 +240,28 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _goal_lines(now: list[dict[str, Any]], base: dict[str, Any] | None) -> list[str]:
-    if not base:
-        return ["| goal | value | status | how |", "|---|---|---|---|",
-                *(f"| {g['goal']} | {_cell(g['value'])} | {g['status']} | {g['how']} |" for g in now)]
-    before = base["goals"]
-    lines = [f"| goal | now | status now | how (now) | before ({base['name']}) | status before |",
-             "|---|---|---|---|---|---|"]
-    for number, goal in enumerate(now):  # goals() lists the same goals in the same order for both row sets
-        old = before[number] if number < len(before) else {"value": None, "status": "-"}
-        lines.append(f"| {goal['goal']} | {_cell(goal['value'])} | {goal['status']} | {goal['how']} | "
-                     f"{_cell(old['value'])} | {old['status']} |")
+def _goal_lines(now: list[dict[str, Any]], base: dict[str, Any] | None, later: dict[str, Any] | None = None
+                ) -> list[str]:
+    before = base["goals"] if base else []
+    head = ["goal", "rows", "status (rows)", "how (rows)"]
+    if later:
+        head += ["later", "status later"]
+    if base:
+        head += [f"before ({base['name']})", "status before"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for number, goal in enumerate(now):  # goals() lists the same goals in the same order for every row set
+        cells = [goal["goal"], _cell(goal["value"]), goal["status"], goal["how"]]
+        if later:
+            newer = later["goals"][number]
+            changed = newer["value"] != goal["value"]
+            cells += [_cell(newer["value"]) if changed else "same", newer["status"] if changed else ""]
+        if base:
+            old = before[number] if number < len(before) else {"value": None, "status": "-"}
+            cells += [_cell(old["value"]), old["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    if later:
+        lines += ["", "Later: the goals computed again with follow-up measurements in place of the rows' (1M unless "
+                  "said): " + "; ".join(later["replaced"]) + "."]
     return lines
 
 
@@ -273,6 +333,11 @@ def plot(path: Path, rows: list[dict[str, Any]], exponents: dict[str, float]) ->
     plt.close(fig)
 
 
+def _later(rows: list[dict[str, Any]], results: Path) -> dict[str, Any] | None:
+    found = later_rows(rows, results)
+    return None if found is None else {"goals": goals(found[0]), "replaced": found[1]}
+
+
 def write_report(stem: Path, rows: list[dict[str, Any]], command: str, machine: str, plot_png: bool = True,
                  note: str | None = None, baseline: dict[str, Any] | None = None) -> dict:
     """Write ``stem``.json and .md (and .png) from the per-size rows; return the report. ``baseline``
@@ -281,7 +346,7 @@ def write_report(stem: Path, rows: list[dict[str, Any]], command: str, machine: 
     report = {
         "command": command, "machine": machine, "note": note, "baseline": baseline,
         "sizes": [{key: row.get(key) for key in ROW_KEYS} for row in rows],
-        "exponents": exponents, "goals": goals(rows),
+        "exponents": exponents, "goals": goals(rows), "later": _later(rows, stem.parent),
         "details": {str(row["items"]): {k: v for k, v in row.items() if k not in ROW_KEYS} for row in rows},
     }  # fmt: skip
     stem.parent.mkdir(parents=True, exist_ok=True)
