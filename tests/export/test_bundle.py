@@ -239,6 +239,22 @@ def test_regraph_replaces_only_the_graph_and_equals_a_build_with_those_settings(
     assert result.exit_code == 2 and result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
     assert load_bundle(bundle_dir).manifest["index"]["graph"] == ref.manifest["index"]["graph"]  # left as it was
 
+
+def test_regraph_gives_an_exact_bundle_a_graph(embedder_dir: Path, tmp_path: Path) -> None:
+
+    bundle_dir = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir)
+    before = load_bundle(bundle_dir).open_index()
+    queries = np.asarray(before.vectors()[::5], dtype=np.float32)
+    want = before.search(queries, 10)
+    assert before.kind == "exact"
+    result = CliRunner().invoke(app, ["regraph", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+    after = load_bundle(bundle_dir).open_index()
+    assert after.kind == "hnsw" and not after.exact_default and (bundle_dir / "index/graph.usearch").is_file()
+    got = after.search(queries, 10, exact=True)  # the stored vectors are the same
+    np.testing.assert_array_equal(got[0], want[0])
+    assert (after.search(queries, 1)[0][:, 0] == np.arange(0, len(before), 5)).mean() > 0.9
+
 @pytest.mark.slow
 def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
     full = load_catalog(CATALOG_PATH)
