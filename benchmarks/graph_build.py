@@ -49,7 +49,7 @@ def main() -> None:
     exact_pos = None
     results: list[dict] = [{"config": c.to_dict(), "build_s": [], "recall_at_10": None} for c in configs]
     for _ in range(args.repeats):
-        for config, result in zip(configs, results, strict=True):
+        for given, config, result in zip(args.graph_config, configs, results, strict=True):
             started = time.perf_counter()
             index = ItemIndex.build(vectors, dtype=store.stored_dtype, kind="hnsw", hnsw=config)
             result["build_s"].append(round(time.perf_counter() - started, 1))
@@ -59,7 +59,7 @@ def main() -> None:
             recall = float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found.tolist(), exact_pos.tolist(),
                                                                               strict=True)]))
             result["recall_at_10"] = round(recall, 4)  # the last round's graph (builds vary with thread order)
-            print({"config": args.graph_config[configs.index(config)], "build_s": result["build_s"][-1],
+            print({"config": given, "build_s": result["build_s"][-1],
                    "recall_at_10": result["recall_at_10"]}, flush=True)
     base = np.median(results[0]["build_s"])
     for result in results:

@@ -123,7 +123,8 @@ def later_rows(rows: list[dict[str, Any]], results: Path) -> tuple[list[dict[str
     the current default graph; None when there are none. Returns the rows and what was replaced, from where."""
     from gloss.edge.hnsw import HnswConfig
 
-    default_add = HnswConfig().expansion_add
+    defaults = HnswConfig()
+    default_add = defaults.expansion_add
     later = [dict(r) for r in rows]
     big = next((r for r in later if r["items"] == GOAL_N and not r.get("memory_only")), None)
     if big is None:
@@ -148,7 +149,7 @@ def later_rows(rows: list[dict[str, Any]], results: Path) -> tuple[list[dict[str
         done.append("Recall@10 at 1M: scale_recall_1m_add256 (the default search settings)")
     graph_build = data.get("graph_build_200k", {})
     ratios = {r["config"]["expansion_add"]: r for r in graph_build.get("results", [])
-              if r["config"]["connectivity"] == HnswConfig().connectivity}
+              if r["config"]["connectivity"] == defaults.connectivity}
     if default_add in ratios and big.get("index_s") and big.get("build_s"):
         old_add = min(ratios)
         factor = ratios[default_add]["build_s_median"] / ratios[old_add]["build_s_median"]

@@ -149,6 +149,8 @@ def build_bundle(
         raise InputError(f"--index-dtype must be one of {', '.join(INDEX_DTYPES)}, got {index_dtype!r}")
     if index_kind not in (None, *KINDS):
         raise InputError(f"--index-kind must be one of {', '.join(KINDS)}, got {index_kind!r}")
+    if hnsw is not None and index_kind == "exact":
+        raise InputError("--graph-config sets up an HNSW graph; --index-kind exact builds none")
     embed_run = embed_run or EmbedRun()
     if adapter is not None:
         from gloss.export.generator import build_generator_gguf, resolve_adapter

@@ -11,6 +11,7 @@ import typer
 from gloss.edge.cli_errors import OneLineErrors
 from gloss.edge.embed import DEFAULT_BATCH_SIZE
 from gloss.edge.errors import InputError, user_errors
+from gloss.edge.hnsw import HnswConfig, load_graph_config
 from gloss.edge.index import DEFAULT_INDEX_DTYPE
 from gloss.edge.logs import setup_logging
 from gloss.export.bundle import DEFAULT_EMBEDDER_INT8, DEFAULT_METHOD
@@ -68,6 +69,15 @@ ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="Emb
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Titles per embedding batch.")]
 DeviceOption = Annotated[Device, typer.Option(help="Embedding device: auto = ONNX Runtime's CUDA provider when "
                                               "onnxruntime-gpu sees a GPU, else the CPU.")]
+# HNSW graph settings, shared by `bundle` and `regraph`.
+GraphConfigOption = Annotated[Path | None, typer.Option("--graph-config", help="JSON or YAML of HNSW graph settings "
+                                                        "(connectivity, expansion_add, expansion_search, candidates, "
+                                                        "dtype); default: the measured ones.")]
+
+
+def _graph_config(path: Path | None) -> HnswConfig | None:
+    """The --graph-config file's settings (None: the defaults)."""
+    return None if path is None else load_graph_config(path)
 
 
 class QuantMethod(str, enum.Enum):
@@ -192,9 +202,7 @@ def bundle(
                                          "sequence: 0 to serve, 1 to evaluate on test, 2 on validation.")] = 0,
     index_kind: Annotated[IndexKind, typer.Option(help="auto: exact search below 50k items, an HNSW graph (Recall@10 "
                                                   ">= 0.99 against exact) from there.")] = IndexKind.auto,
-    graph_config_path: Annotated[Path | None, typer.Option("--graph-config", help="JSON or YAML of HNSW graph "
-                                                           "settings (connectivity, expansion_add, expansion_search, "
-                                                           "candidates, dtype); default: the measured ones.")] = None,
+    graph_config_path: GraphConfigOption = None,
     threads: ThreadsOption = None,
     batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
     device: DeviceOption = Device.auto,
@@ -206,13 +214,7 @@ def bundle(
 
     with user_errors():
         run = EmbedRun(threads=threads, batch_size=batch_size, device=device.value)
-        graph = None
-        if graph_config_path is not None:
-            from gloss.edge.hnsw import load_graph_config
-
-            if index_kind is IndexKind.exact:
-                raise InputError("--graph-config sets up an HNSW graph; --index-kind exact builds none")
-            graph = load_graph_config(graph_config_path)
+        graph = _graph_config(graph_config_path)
         if sum((gguf_path is not None, stock_generator, adapter is not None)) > 1:
             raise InputError("give one of --gguf, --stock-generator and --adapter")
         meta = None
@@ -233,19 +235,17 @@ def bundle(
 @app.command()
 def regraph(
     bundle_dir: Annotated[Path, typer.Argument(help="Bundle whose HNSW graph is rebuilt (rewritten atomically).")],
-    graph_config_path: Annotated[Path | None, typer.Option("--graph-config", help="JSON or YAML of HNSW graph "
-                                                           "settings; default: the current defaults.")] = None,
+    graph_config_path: GraphConfigOption = None,
     threads: Annotated[int, typer.Option(min=0, help="Graph build threads; 0: every core.")] = 0,
 ) -> None:
     """Rebuild a bundle's HNSW graph from its stored vectors with other (or today's default) settings; no title is
     embedded again and every other file is reused."""
-    from gloss.edge.hnsw import load_graph_config
     from gloss.export.bundle import regraph_bundle
 
     with user_errors():
-        graph = load_graph_config(graph_config_path) if graph_config_path is not None else None
-        out = regraph_bundle(bundle_dir, graph, threads=threads)
+        out = regraph_bundle(bundle_dir, _graph_config(graph_config_path), threads=threads)
     typer.echo(str(out))
+
 
 @app.command()
 def fusion(

@@ -180,7 +180,6 @@ def test_cli_bundle_index_dtype_is_stored_and_recorded(embedder_dir: Path, tmp_p
     assert bad.exit_code == 2 and "f64" in bad.output
 
 
-
 def test_cli_bundle_graph_config_builds_the_graph_it_names(embedder_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "graph.yaml"
     config.write_text("connectivity: 8\nexpansion_add: 40\nexpansion_search: 64\n")
@@ -241,7 +240,6 @@ def test_regraph_replaces_only_the_graph_and_equals_a_build_with_those_settings(
 
 
 def test_regraph_gives_an_exact_bundle_a_graph(embedder_dir: Path, tmp_path: Path) -> None:
-
     bundle_dir = build_bundle(CATALOG_PATH, tmp_path / "b", embedder_dir=embedder_dir)
     before = load_bundle(bundle_dir).open_index()
     queries = np.asarray(before.vectors()[::5], dtype=np.float32)
@@ -254,6 +252,7 @@ def test_regraph_gives_an_exact_bundle_a_graph(embedder_dir: Path, tmp_path: Pat
     got = after.search(queries, 10, exact=True)  # the stored vectors are the same
     np.testing.assert_array_equal(got[0], want[0])
     assert (after.search(queries, 1)[0][:, 0] == np.arange(0, len(before), 5)).mean() > 0.9
+
 
 @pytest.mark.slow
 def test_build_bundle_with_default_embedder(tmp_path: Path) -> None:
