@@ -65,9 +65,8 @@ class HnswConfig:
     # Chosen from the sweeps in benchmarks/results/ann_recall.md (expansion_search 256 lifted Recall@10 at 200k to
     # 0.9989 / 0.9976; candidates beyond 16 changed no result) and at 1M synthetic items: expansion_add 128 left
     # Recall@10 at 0.981 (scale.md, scale_recall_1m.md: a wider search only reached 0.992 at 1024, ~5 ms more);
-    # expansion_add 256 gives 0.991 at the same search settings (scale_recall_1m_add256.md) for about twice the
-    # graph's build time; connectivity 24-32 with a smaller expansion_add did worse per build second
-    # (graph_build_200k.md).
+    # expansion_add 256 gives 0.991 at the same search settings (scale_recall_1m_add256.md) for 1.82x the graph's
+    # build time; connectivity 24-32 with a smaller expansion_add built faster but lost recall (graph_build_200k.md).
     connectivity: int = 16
     expansion_add: int = 256
     expansion_search: int = 256
